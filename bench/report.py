@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""Turn softfree's Google Benchmark JSON output into markdown tables and a log-log SVG plot.
+
+    python3 bench/report.py RESULTS.json [MORE.json ...] --markdown OUT.md --plot OUT.svg
+                            [--dtype float] [--threads 1] [--threads-best]
+
+Benchmark names must look like <method>/<dtype>/threads:<t>/N:<n>; other rows are ignored.
+Each benchmark is represented by its best (minimum real_time) repetition.
+Standard library only.
+"""
+import argparse
+import html
+import json
+import math
+import sys
+from collections import defaultdict
+
+BASELINE = "softmax"
+DTYPES = ("float", "half", "bfloat16")
+SCHEME = "<method>/<dtype>/threads:<t>/N:<n>"
+UNIT_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+PALETTE = ("#000000", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+           "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+
+
+# ---------------------------------------------------------------- parsing
+
+def parse_name(name, need_n=True):
+    """'method/dtype/threads:t/N:n' -> (method, dtype, t, n), or None if it does not match.
+
+    Extra Google Benchmark suffixes (real_time, min_time:...) are ignored;
+    need_n=False accepts the N-less run names of BigO/RMS rows.
+    """
+    parts = name.split("/")
+    if len(parts) < 2 or not parts[0] or parts[1] not in DTYPES:
+        return None
+    kv = dict(p.split(":", 1) for p in parts[2:] if ":" in p)
+    try:
+        n = int(kv["N"]) if need_n else None
+        return parts[0], parts[1], int(kv.get("threads", 1)), n
+    except (KeyError, ValueError):
+        return None
+
+
+def seconds(b, field="real_time"):
+    """A time field of a benchmark row, in seconds."""
+    return b[field] * UNIT_S[b.get("time_unit", "ns")]
+
+
+def load(paths):
+    """Read JSON files -> (rows, complexity, context).
+
+    rows: {(method, dtype, threads, N): dict(t, gflops, peak, tok, reps, src)} using the
+    fastest 'iteration' row (falls back to the median/mean aggregate if only aggregates
+    were reported). complexity: {(method, dtype, threads): {'BigO': row, 'RMS': row}}.
+    """
+    groups, cplx, ctx = defaultdict(list), defaultdict(dict), {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as e:
+            sys.exit(f"report.py: cannot read {path}: {e}")
+        ctx = ctx or doc.get("context", {})
+        for b in doc.get("benchmarks", []):
+            if b.get("error_occurred"):
+                continue
+            name, agg = b.get("run_name", b.get("name", "")), b.get("aggregate_name")
+            if agg in ("BigO", "RMS"):
+                key = parse_name(name, need_n=False)
+                if key:
+                    cplx[key[:3]][agg] = b
+            elif "real_time" in b:
+                key = parse_name(name)
+                if key:
+                    groups[key].append(b)
+    rows = {}
+    for key, bs in groups.items():
+        its = [b for b in bs if b.get("run_type", "iteration") == "iteration"]
+        pool = (its or [b for b in bs if b.get("aggregate_name") == "median"]
+                or [b for b in bs if b.get("aggregate_name") == "mean"])
+        if pool:
+            best = min(pool, key=seconds)
+            rows[key] = dict(t=seconds(best), gflops=best.get("GFLOPS"), peak=best.get("peak_pct"),
+                             tok=best.get("tokens_per_s"), reps=len(its),
+                             src="best" if its else best["aggregate_name"])
+    return rows, dict(cplx), ctx
+
+
+# ------------------------------------------------------------- formatting
+
+def sig3(x):
+    """x with 3 significant digits in plain notation (41.2, 1.00, 0.0123, 1230)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    digits = 2 - math.floor(math.log10(abs(float(f"{x:.3g}"))))
+    return f"{x:.{max(digits, 0)}f}"
+
+
+def fmt_time(s):
+    """Seconds -> '19.2 us' / '1.23 ms' / '2.50 s' (3 significant digits)."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if float(f"{s / scale:.3g}") >= 1 or unit == "ns":
+            return f"{sig3(s / scale)} {unit}"
+
+
+def fmt_eng(x):
+    """Engineering notation with SI prefix: 10253916 -> '10.3M'."""
+    if x is None:
+        return "—"
+    exp = 0
+    while abs(x) >= 999.5 and exp < 12:
+        x, exp = x / 1000, exp + 3
+    return sig3(x) + {0: "", 3: "k", 6: "M", 9: "G", 12: "T"}[exp]
+
+
+def fmt_opt(x, suffix=""):
+    """sig3(x) + suffix, or an em dash for a missing value."""
+    return "—" if x is None else sig3(x) + suffix
+
+
+def method_key(m):
+    """Sort key: softmax (and its +alloc variant) first, variants after their base method."""
+    base = m.split("+")[0]
+    return base != BASELINE, base, m
+
+
+def md_table(header, align, body):
+    """Markdown table; align is a string of 'l'/'r' per column."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+
+# --------------------------------------------------------------- markdown
+
+def speedup(rows, key):
+    """softmax time / this row's time at the same dtype, threads and N (None if no softmax)."""
+    base = rows.get((BASELINE,) + key[1:])
+    return base["t"] / rows[key]["t"] if base else None
+
+
+def reps_note(rows):
+    """One sentence on how each row's time was chosen."""
+    counts = sorted({r["reps"] for r in rows if r["src"] == "best"})
+    if not counts:
+        how = "the median aggregate (no per-repetition rows were reported)"
+    elif counts == [1]:
+        how = "a single repetition"
+    else:
+        k = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        how = f"the best (minimum real_time) of {k} repetitions — the machine is shared and noisy"
+        if any(r["src"] != "best" for r in rows):
+            how += " (median aggregate where only aggregates were reported)"
+    return f"_Each row is {how}. Speed-up = softmax time ÷ row time at the same dtype, threads and N._"
+
+
+def results_table(rows, dtype):
+    """Per-dtype results table plus its note."""
+    keys = sorted((k for k in rows if k[1] == dtype), key=lambda k: (method_key(k[0]), k[2], k[3]))
+    multi = {k[2] for k in keys} - {1}
+    peak = any(rows[k]["peak"] is not None for k in keys)
+    header = ["method", "threads", "N", "time", "GFLOP/s"] + (["% of peak"] if peak else []) \
+        + ["tokens/s", "speed-up vs softmax"]
+    if multi:
+        header.append("2-thread scaling" if multi == {2} else "scaling vs 1 thread")
+    body = []
+    for k in keys:
+        r = rows[k]
+        cells = [k[0], str(k[2]), str(k[3]), fmt_time(r["t"]), fmt_opt(r["gflops"])]
+        cells += [fmt_opt(r["peak"], "%")] if peak else []
+        cells += [fmt_eng(r["tok"]), fmt_opt(speedup(rows, k), "x")]
+        if multi:
+            one = rows.get((k[0], dtype, 1, k[3]))
+            cells.append("" if k[2] == 1 else fmt_opt(one and one["t"] / r["t"], "x"))
+        body.append(cells)
+    align = "lrrrr" + ("r" if peak else "") + "rr" + ("r" if multi else "")
+    return md_table(header, align, body) + "\n\n" + reps_note([rows[k] for k in keys])
+
+
+def complexity_table(cplx):
+    """Method/dtype/threads -> fitted big-O, real-time coefficient, RMS."""
+    body = []
+    for key in sorted(cplx, key=lambda k: (method_key(k[0]), DTYPES.index(k[1]), k[2])):
+        big, rms = cplx[key].get("BigO", {}), cplx[key].get("RMS", {})
+        o = big.get("big_o", "?")
+        coef = big.get("real_coefficient")
+        body.append([key[0], key[1], str(key[2]),
+                     o if o.startswith("f") else "O" + (o if o.startswith("(") else f"({o})"),
+                     "—" if coef is None else fmt_time(seconds(big, "real_coefficient")),
+                     fmt_opt(rms.get("rms") and rms["rms"] * 100, "%")])
+    return md_table(["method", "dtype", "threads", "big O", "coefficient", "RMS"], "lllllr", body)
+
+
+def series(rows, dtype, threads, threads_best=False):
+    """{method: {N: seconds}} for one dtype and thread count (or the fastest thread count)."""
+    out = defaultdict(dict)
+    for (m, d, t, n), r in rows.items():
+        if d == dtype and (threads_best or t == threads):
+            out[m][n] = min(r["t"], out[m].get(n, math.inf))
+    return {m: out[m] for m in sorted(out, key=method_key)}
+
+
+def selection_label(dtype, threads, threads_best):
+    """'float, 1 thread' style caption."""
+    if threads_best:
+        return f"{dtype}, fastest thread count"
+    return f"{dtype}, {threads} thread" + ("s" if threads != 1 else "")
+
+
+def summary_table(ser):
+    """Rows = methods, columns = N, cells = speed-up vs softmax."""
+    ns = sorted({n for s in ser.values() for n in s})
+    base = ser.get(BASELINE, {})
+    body = [[m] + [fmt_opt(base[n] / s[n] if n in base and n in s else None, "x") for n in ns]
+            for m, s in ser.items() if m != BASELINE]
+    return md_table(["method"] + [f"N={n}" for n in ns], "l" + "r" * len(ns), body)
+
+
+def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False):
+    """The whole markdown report."""
+    out = ["# softfree attention benchmarks", ""]
+    if ctx:
+        load_avg = " ".join(f"{x:.2f}" for x in ctx.get("load_avg", []))
+        out += [f"_Run {ctx.get('date', '?')} on {ctx.get('host_name', '?')}: "
+                f"{ctx.get('num_cpus', '?')} CPUs @ {ctx.get('mhz_per_cpu', '?')} MHz"
+                + (f", load avg {load_avg}" if load_avg else "")
+                + (", CPU frequency scaling enabled" if ctx.get("cpu_scaling_enabled") else "")
+                + "._", ""]
+    label = selection_label(dtype, threads, threads_best)
+    out += [f"## Speed-up vs softmax ({label})", "", summary_table(series(rows, dtype, threads, threads_best)), ""]
+    for d in DTYPES:
+        if any(k[1] == d for k in rows):
+            out += [f"## Results: {d}", "", results_table(rows, d), ""]
+    if cplx:
+        out += ["## Complexity (fit of real time vs N)", "", complexity_table(cplx), ""]
+    return "\n".join(out)
+
+
+# -------------------------------------------------------------------- svg
+
+def decades(vals):
+    """Enclosing decade range (lo, hi) of positive values, hi > lo."""
+    lo = math.floor(math.log10(min(vals)))
+    return lo, max(math.ceil(math.log10(max(vals))), lo + 1)
+
+
+def tick_label(v):
+    """Compact axis label for a tick value: 0.01, 200, 1e+06 -> 1e6."""
+    return f"{v:g}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
+
+
+def marker(i, x, y, colour):
+    """Marker shape i (circle, square, triangle, diamond) centred at (x, y)."""
+    if i % 4 == 0:
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.6" fill="{colour}"/>'
+    if i % 4 == 1:
+        return f'<rect x="{x - 3.4:.1f}" y="{y - 3.4:.1f}" width="6.8" height="6.8" fill="{colour}"/>'
+    shape = ((0, -5), (4.5, 3.2), (-4.5, 3.2)) if i % 4 == 2 else ((0, -5), (4.5, 0), (0, 5), (-4.5, 0))
+    pts = " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in shape)
+    return f'<polygon points="{pts}" fill="{colour}"/>'
+
+
+def svg_plot(ser, title):
+    """Log-log plot of time (ms) vs N, one polyline per method, as SVG text."""
+    esc = html.escape
+    L, T, PW, PH = 80, 50, 560, 380
+    legend_w = 70 + 7.5 * max([len(m) for m in ser] + [8])
+    W, H = L + PW + legend_w, T + PH + 60
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+           f'font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{L + PW / 2}" y="28" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>']
+    pts = [(n, t * 1e3) for s in ser.values() for n, t in s.items() if n > 0 and t > 0]
+    if not pts:
+        out.append(f'<text x="{L + PW / 2}" y="{T + PH / 2}" text-anchor="middle">no data</text>')
+        return "\n".join(out + ["</svg>"]) + "\n"
+    (x0, x1), (y0, y1) = decades([p[0] for p in pts]), decades([p[1] for p in pts])
+    X = lambda v: L + (math.log10(v) - x0) / (x1 - x0) * PW
+    Y = lambda v: T + PH - (math.log10(v) - y0) / (y1 - y0) * PH
+    for lo, hi, axis in ((x0, x1, "x"), (y0, y1, "y")):
+        for d in range(lo, hi + 1):
+            for m in ((1,) if d == hi else range(1, 10)):
+                v, major = m * 10.0 ** d, m == 1
+                grid = 'stroke="#b0b0b0"' if major else 'stroke="#ececec"'
+                labelled = major or (hi - lo <= 2 and m in (2, 5))
+                fill = "" if major else ' fill="#666"'
+                if axis == "x":
+                    x = X(v)
+                    out.append(f'<line x1="{x:.1f}" y1="{T}" x2="{x:.1f}" y2="{T + PH}" {grid}/>')
+                    if labelled:
+                        out.append(f'<text x="{x:.1f}" y="{T + PH + 18}" text-anchor="middle"{fill}>'
+                                   f'{tick_label(v)}</text>')
+                else:
+                    y = Y(v)
+                    out.append(f'<line x1="{L}" y1="{y:.1f}" x2="{L + PW}" y2="{y:.1f}" {grid}/>')
+                    if labelled:
+                        out.append(f'<text x="{L - 8}" y="{y + 4:.1f}" text-anchor="end"{fill}>'
+                                   f'{tick_label(v)}</text>')
+    out += [f'<rect x="{L}" y="{T}" width="{PW}" height="{PH}" fill="none" stroke="#333"/>',
+            f'<text x="{L + PW / 2}" y="{T + PH + 42}" text-anchor="middle" font-size="13">sequence length N</text>',
+            f'<text transform="translate(22 {T + PH / 2}) rotate(-90)" text-anchor="middle" font-size="13">'
+            f'time per call (ms)</text>']
+    for i, (m, s) in enumerate(ser.items()):
+        c = PALETTE[i % len(PALETTE)]
+        xy = [(X(n), Y(t * 1e3)) for n, t in sorted(s.items()) if n > 0 and t > 0]
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="{2.2 if m == BASELINE else 1.6}" points="'
+                   + " ".join(f"{x:.1f},{y:.1f}" for x, y in xy) + '"/>')
+        out += [marker(i, x, y, c) for x, y in xy]
+        ly = T + 10 + 20 * i
+        out += [f'<line x1="{L + PW + 16}" y1="{ly}" x2="{L + PW + 44}" y2="{ly}" stroke="{c}" stroke-width="2"/>',
+                marker(i, L + PW + 30, ly, c),
+                f'<text x="{L + PW + 52}" y="{ly + 4}">{esc(m)}</text>']
+    return "\n".join(out + ["</svg>"]) + "\n"
+
+
+# ------------------------------------------------------------------- main
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+", help="Google Benchmark JSON file(s) (--benchmark_out_format=json)")
+    ap.add_argument("--markdown", metavar="OUT.md", help="write the markdown report here (also printed)")
+    ap.add_argument("--plot", metavar="OUT.svg", help="write the log-log SVG plot here")
+    ap.add_argument("--dtype", default="float", choices=DTYPES, help="dtype for plot and summary (float)")
+    ap.add_argument("--threads", type=int, default=1, help="thread count for plot and summary (1)")
+    ap.add_argument("--threads-best", action="store_true",
+                    help="plot and summary use the fastest thread count per method and N")
+    a = ap.parse_args(argv)
+    rows, cplx, ctx = load(a.results)
+    if not rows:
+        sys.exit(f"report.py: no benchmark rows named {SCHEME} in {', '.join(a.results)}")
+    md = markdown(rows, cplx, ctx, a.dtype, a.threads, a.threads_best)
+    print(md)
+    if a.markdown:
+        with open(a.markdown, "w", encoding="utf-8") as f:
+            f.write(md)
+    if a.plot:
+        ser = series(rows, a.dtype, a.threads, a.threads_best)
+        if not ser:
+            print(f"report.py: warning: no rows for the plot ({a.dtype}, threads {a.threads})", file=sys.stderr)
+        reps = max(r["reps"] for r in rows.values())
+        title = f"Attention time vs N ({selection_label(a.dtype, a.threads, a.threads_best)}"
+        title += f", best of {reps})" if reps > 1 else ")"
+        with open(a.plot, "w", encoding="utf-8") as f:
+            f.write(svg_plot(ser, title))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Self-test for bench/report.py on a synthetic Google Benchmark 1.7.1 JSON file.
+
+Run: python3 bench/test_report.py
+"""
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import unittest
+import xml.etree.ElementTree as ET
+
+sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
+
+# per-call seconds at N for one thread: softmax quadratic, the rest linear
+MODELS = {"softmax": lambda n: 1e-9 * n * n, "softmax+alloc": lambda n: 1.1e-9 * n * n,
+          "sima": lambda n: 2e-7 * n, "soft-nystrom-m49": lambda n: 5e-7 * n,
+          "aft-local-s32": lambda n: 3e-7 * n}
+NS = (197, 1024, 4096)
+
+
+def row(name, secs, unit="us", **extra):
+    """One 'iteration' row, shaped like Google Benchmark 1.7.1's JSON reporter output."""
+    r = {"name": name, "family_index": 0, "per_family_instance_index": 0, "run_name": name,
+         "run_type": "iteration", "repetitions": 3, "repetition_index": 0, "threads": 1,
+         "iterations": 100, "real_time": secs / report.UNIT_S[unit], "cpu_time": secs / report.UNIT_S[unit],
+         "time_unit": unit, "GFLOPS": 10.0, "tokens_per_s": 1.0e6, "peak_pct": 20.0}
+    r.update(extra)
+    return r
+
+
+def aggregate(name, agg, secs, unit="us"):
+    """A mean/median/stddev/cv aggregate row (must be ignored when iteration rows exist)."""
+    return row(name + "_" + agg, secs, unit, run_name=name, run_type="aggregate", aggregate_name=agg,
+               aggregate_unit="percentage" if agg == "cv" else "time")
+
+
+def synthetic():
+    """Benchmarks for 5 methods x {float, half} x {1, 2 threads} x 3 N, 3 repetitions each."""
+    rows = []
+    for method, model in MODELS.items():
+        for dtype in ("float", "half"):
+            for t in (1, 2):
+                if dtype == "half" and t == 2:
+                    continue
+                for n in NS:
+                    name = f"{method}/{dtype}/threads:{t}/N:{n}"
+                    base = model(n) / (1.6 if t == 2 else 1) * (0.8 if dtype == "half" else 1)
+                    unit = "ms" if method == "softmax" else "us"  # mixed units on purpose
+                    for i, factor in enumerate((1.3, 1.0, 1.1)):  # best is the middle repetition
+                        rows.append(row(name, base * factor, unit, repetition_index=i,
+                                        tokens_per_s=n / (base * factor)))
+                    rows += [aggregate(name, "mean", base * 1.13, unit), aggregate(name, "median", base * 1.1, unit),
+                             aggregate(name, "stddev", base * 0.01, unit), aggregate(name, "cv", 0.1, unit)]
+                run = f"{method}/{dtype}/threads:{t}"
+                rows += [{"name": run + "_BigO", "run_name": run, "run_type": "aggregate", "aggregate_name": "BigO",
+                          "aggregate_unit": "time", "cpu_coefficient": 1.0, "real_coefficient": 1.0,
+                          "big_o": "N^2" if method.startswith("softmax") else "N", "time_unit": "ns"},
+                         {"name": run + "_RMS", "run_name": run, "run_type": "aggregate", "aggregate_name": "RMS",
+                          "aggregate_unit": "percentage", "rms": 0.0123}]
+    rows.append(row("BM_unrelated/64", 1e-6))
+    rows.append(row("sima/float/threads:1/N:8192", 0.0, error_occurred=True, error_message="oom"))
+    return {"context": {"date": "2024-01-01T00:00:00", "host_name": "test", "num_cpus": 2,
+                        "mhz_per_cpu": 2600, "load_avg": [0.5, 0.4, 0.3]}, "benchmarks": rows}
+
+
+class ReportTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.json = os.path.join(cls.tmp.name, "results.json")
+        with open(cls.json, "w") as f:
+            json.dump(synthetic(), f)
+        cls.rows, cls.cplx, cls.ctx = report.load([cls.json])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def run_main(self, *args):
+        """Run report.main, returning (exit code, stdout, markdown file, svg file)."""
+        md, svg = os.path.join(self.tmp.name, "out.md"), os.path.join(self.tmp.name, "out.svg")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = report.main([self.json, "--markdown", md, "--plot", svg, *args])
+        with open(md, encoding="utf-8") as f, open(svg, encoding="utf-8") as g:
+            return rc, out.getvalue(), f.read(), g.read()
+
+    def test_parse_name(self):
+        self.assertEqual(report.parse_name("soft-nystrom-m49/bfloat16/threads:1/N:197"),
+                         ("soft-nystrom-m49", "bfloat16", 1, 197))
+        self.assertEqual(report.parse_name("sima+alloc/half/threads:2/N:4096"), ("sima+alloc", "half", 2, 4096))
+        self.assertEqual(report.parse_name("softmax/float/threads:1", need_n=False), ("softmax", "float", 1, None))
+        for bad in ("BM_unrelated/64", "softmax/double/threads:1/N:8", "softmax/float/threads:1", "x/float/N:abc"):
+            self.assertIsNone(report.parse_name(bad), bad)
+
+    def test_best_repetition_and_units(self):
+        r = self.rows[("softmax", "float", 1, 1024)]
+        self.assertAlmostEqual(r["t"], 1e-9 * 1024 ** 2)  # min of 3 repetitions, ms converted
+        self.assertEqual((r["reps"], r["src"]), (3, "best"))
+        self.assertAlmostEqual(self.rows[("sima", "float", 1, 197)]["t"], 2e-7 * 197)
+        self.assertEqual(len(self.rows), 5 * 3 * 3)  # unrelated and error rows dropped
+        self.assertEqual(self.cplx[("sima", "half", 1)]["BigO"]["big_o"], "N")
+
+    def test_formatting(self):
+        self.assertEqual(report.fmt_time(19.2116e-6), "19.2 us")
+        self.assertEqual(report.fmt_time(0.0009997), "1.00 ms")
+        self.assertEqual(report.fmt_time(2.5), "2.50 s")
+        self.assertEqual(report.fmt_eng(10253916.0), "10.3M")
+        self.assertEqual(report.fmt_eng(999.7), "1.00k")
+        self.assertEqual(report.sig3(41.23) + "x", "41.2x")
+        self.assertEqual(report.sig3(0.012345), "0.0123")
+
+    def test_speedup_and_scaling(self):
+        s = report.speedup(self.rows, ("sima", "float", 1, 4096))
+        self.assertAlmostEqual(s, 4096 / 200)
+        _, out, md, _ = self.run_main()
+        self.assertEqual(out.strip(), md.strip())
+        self.assertIn("| sima | 1 | 4096 | 819 us | 10.0 | 20.0% | 5.00M | 20.5x |  |", md)
+        self.assertIn("| sima | 2 | 4096 | 512 us | 10.0 | 20.0% | 8.00M | 20.5x | 1.60x |", md)
+        self.assertIn("2-thread scaling", md)
+        self.assertIn("best (minimum real_time) of 3 repetitions", md)
+
+    def test_ordering_and_sections(self):
+        _, _, md, _ = self.run_main()
+        float_part = md.split("## Results: float")[1].split("## Results: half")[0]
+        firsts = [ln.split("|")[1].strip() for ln in float_part.splitlines() if ln.startswith("| ") and "method" not in ln]
+        self.assertEqual(firsts[:6], ["softmax"] * 6)
+        self.assertEqual(firsts[6:12], ["softmax+alloc"] * 6)
+        self.assertLess(md.index("## Speed-up vs softmax (float, 1 thread)"), md.index("## Results: float"))
+        self.assertIn("| method | N=197 | N=1024 | N=4096 |", md)
+        self.assertIn("| sima | 0.985x | 5.12x | 20.5x |", md)
+        self.assertIn("| softmax | float | 1 | O(N^2) | 1.00 ns | 1.23% |", md)
+        self.assertNotIn("| softmax | 0", md)  # baseline not in the summary rows
+
+    def test_threads_best_and_dtype(self):
+        _, _, md, svg = self.run_main("--threads-best")
+        self.assertIn("(float, fastest thread count)", md)
+        _, _, md, svg = self.run_main("--dtype", "half")
+        self.assertIn("## Speed-up vs softmax (half, 1 thread)", md)
+        self.assertIn("half, 1 thread, best of 3", svg)
+
+    def test_svg(self):
+        _, _, _, svg = self.run_main()
+        root = ET.fromstring(svg)  # well-formed XML
+        ns = "{http://www.w3.org/2000/svg}"
+        lines = root.findall(ns + "polyline")
+        self.assertEqual(len(lines), len(MODELS))
+        self.assertTrue(all(len(p.get("points").split()) == len(NS) for p in lines))
+        self.assertEqual(len({p.get("stroke") for p in lines}), len(MODELS))  # distinct colours
+        texts = [t.text for t in root.iter(ns + "text")]
+        for label in list(MODELS) + ["100", "1000", "10000", "sequence length N", "time per call (ms)"]:
+            self.assertIn(label, texts)
+
+    def test_no_matching_rows(self):
+        bad = os.path.join(self.tmp.name, "empty.json")
+        with open(bad, "w") as f:
+            json.dump({"context": {}, "benchmarks": [row("BM_other/8", 1e-6)]}, f)
+        with self.assertRaises(SystemExit) as cm:
+            report.main([bad])
+        self.assertIn("no benchmark rows named", str(cm.exception.code))  # sys.exit(str) -> exit status 1
+
+
+if __name__ == "__main__":
+    unittest.main()

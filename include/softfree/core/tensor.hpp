@@ -1,0 +1,99 @@
+#pragma once
+// Tensors, views and per-(batch, head) matrix slices.
+//
+// A tensor is Eigen::Tensor<T, 4, Eigen::RowMajor> with dimensions [B, H, N, D]: the memory
+// layout of a contiguous PyTorch [B, H, N, D] tensor, so user buffers are wrapped with
+// Eigen::TensorMap and never copied. The (b, h) slice is then a contiguous row-major N x D
+// matrix, which the kernels map with Eigen::Map (no copy) and hand to Eigen's GEMM.
+#ifndef EIGEN_USE_THREADS
+#define EIGEN_USE_THREADS  // softfree accepts an Eigen::ThreadPoolDevice
+#endif
+#include <Eigen/Core>
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#if !defined(EIGEN_CXX11_TENSOR_TENSOR_DEVICE_THREAD_POOL_H)
+#error "softfree: Eigen's Tensor module was included without EIGEN_USE_THREADS; include <softfree/softfree.hpp> first or define EIGEN_USE_THREADS"
+#endif
+
+#include <array>
+#include <cstdint>
+#include <ostream>
+#include <type_traits>
+
+#include "error.hpp"
+
+namespace softfree {
+
+using Index = Eigen::Index;
+
+/// Owning [B, H, N, D] row-major tensor.
+template <class T>
+using Tensor4 = Eigen::Tensor<T, 4, Eigen::RowMajor>;
+/// Writable non-owning view of a [B, H, N, D] buffer (the output of the write-into call form).
+template <class T>
+using View4 = Eigen::TensorMap<Tensor4<T>>;
+/// Read-only non-owning view of a [B, H, N, D] buffer.
+template <class T>
+using ConstView4 = Eigen::TensorMap<const Tensor4<T>>;
+
+/// Row-major dynamic matrix, the shape of one (b, h) slice.
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MatrixMap = Eigen::Map<RowMatrix<T>>;
+template <class T>
+using ConstMatrixMap = Eigen::Map<const RowMatrix<T>>;
+
+/// Shape of a [B, H, N, D] tensor.
+struct Shape4 {
+  Index B = 0, H = 0, N = 0, D = 0;
+  Index size() const { return B * H * N * D; }
+  bool operator==(const Shape4& o) const { return B == o.B && H == o.H && N == o.N && D == o.D; }
+  bool operator!=(const Shape4& o) const { return !(*this == o); }
+};
+
+inline std::ostream& operator<<(std::ostream& os, const Shape4& s) {
+  return os << '[' << s.B << ", " << s.H << ", " << s.N << ", " << s.D << ']';
+}
+
+template <class TensorLike>
+Shape4 shape_of(const TensorLike& t) {
+  const auto& d = t.dimensions();
+  return Shape4{d[0], d[1], d[2], d[3]};
+}
+
+/// The (b, h) slice of a view as an N x D row-major matrix map (no copy).
+template <class T>
+ConstMatrixMap<T> head(const ConstView4<T>& t, Index b, Index h) {
+  const Shape4 s = shape_of(t);
+  return ConstMatrixMap<T>(t.data() + (b * s.H + h) * s.N * s.D, s.N, s.D);
+}
+template <class T>
+MatrixMap<T> head(const View4<T>& t, Index b, Index h) {
+  const Shape4 s = shape_of(t);
+  return MatrixMap<T>(t.data() + (b * s.H + h) * s.N * s.D, s.N, s.D);
+}
+
+namespace detail {
+
+template <class X>
+struct is_rowmajor_rank4 {
+  static constexpr bool value = static_cast<int>(X::Layout) == static_cast<int>(Eigen::RowMajor) &&
+                                X::NumDimensions == 4;
+};
+
+}  // namespace detail
+
+/// Read-only view of a Tensor4<T> or of a (const) TensorMap of one. Column-major or other-rank
+/// tensors are rejected at compile time.
+template <class T, class X>
+ConstView4<T> as_const_view(const X& x) {
+  static_assert(detail::is_rowmajor_rank4<X>::value,
+                "softfree: tensors must be Eigen::Tensor<T, 4, Eigen::RowMajor> [B, H, N, D] "
+                "(or a TensorMap of one); column-major tensors are not accepted");
+  static_assert(std::is_same<std::remove_const_t<typename X::Scalar>, T>::value,
+                "softfree: tensor scalar type does not match the attention's storage type");
+  return ConstView4<T>(x.data(), x.dimensions());
+}
+
+}  // namespace softfree

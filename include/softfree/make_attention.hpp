@@ -1,0 +1,25 @@
+#pragma once
+// make_attention<T>(name): builds any attention by name with default options, for programs that
+// choose the method at run time. Learned parameters (AFT biases, conv kernels) default to zeros
+// and are set through the concrete functor.
+#include <string>
+#include <utility>
+
+#include "core/attention.hpp"
+#include "softmax.hpp"
+
+namespace softfree {
+
+namespace detail {
+inline const char* const kAttentionNames[] = {"softmax"};
+}  // namespace detail
+
+template <class T = float>
+AnyAttention<T> make_attention(const std::string& name) {
+  if (name == "softmax") return AnyAttention<T>(SoftmaxAttention<T>{}, name);
+  std::string known;
+  for (const char* n : detail::kAttentionNames) known += (known.empty() ? "" : ", ") + std::string(n);
+  detail::fail("make_attention", "unknown attention name \"", name, "\"; known names: ", known);
+}
+
+}  // namespace softfree
