@@ -1,0 +1,119 @@
+#pragma once
+// The benchmark harness: every method registers itself once, in its own bench_<method>.cpp,
+// with SOFTFREE_BENCH_METHOD; main.cpp turns each registration into one Google Benchmark family
+// per storage type and thread count, over the suite's shapes.
+//
+// Names: <method>/<dtype>/threads:<t>/N:<n> (bench/report.py parses them). Times are of the
+// write-into-`out` call form with every buffer allocated once; a method that asks for it also
+// gets a `<method>+alloc` family (float, one thread) timing the allocating form.
+#include <benchmark/benchmark.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <softfree/softfree.hpp>
+
+namespace softfree_bench {
+
+using softfree::Index;
+
+/// The suite's shape: B = 1, H = 6, D = 64, N over kTokens.
+struct Shape {
+  Index B = 1, H = 6, N = 0, D = 64;
+};
+inline const std::vector<Index> kTokens = {197, 1024, 4096, 16384};
+
+/// FLOPs of one call on a shape (the formula is stated beside each registration).
+using FlopCount = double (*)(const Shape&);
+
+/// Builds the functor for storage type T on shape s; the harness sets its `parallel` field.
+/// Written as a generic lambda: [](auto tag, const Shape& s) { using T = typename decltype(tag)::type; ... }
+template <class T>
+struct Type {
+  using type = T;
+};
+
+/// What a method tells the suite about itself.
+struct Method {
+  std::string name;
+  FlopCount flops;
+  benchmark::BigO complexity;
+  bool time_alloc = false;  ///< also time the allocating form (float, 1 thread)
+  bool (*applies)(const Shape&) = nullptr;  ///< null: every shape
+};
+
+/// A method and its registrars, one per thread count, filled by add_method from the maker.
+struct Registration {
+  Method method;
+  std::function<void(int threads)> register_all;
+};
+
+std::vector<Registration>& registrations();
+const softfree::Parallel& parallel_for_threads(int threads);
+double peak_gflops_per_core();
+
+/// Times f on random inputs of shape s; counters: GFLOPS, peak_pct, tokens_per_s.
+template <class T, class F>
+void run_case(benchmark::State& state, const F& f, const Shape& s, double flops, int threads, bool alloc) {
+  softfree::Tensor4<T> q(s.B, s.H, s.N, s.D), k(s.B, s.H, s.N, s.D), v(s.B, s.H, s.N, s.D), out(s.B, s.H, s.N, s.D);
+  q.setRandom();  // uniform in [0, 1): every method's inputs stay in its well-behaved range
+  k.setRandom();
+  v.setRandom();
+  f(q, k, v, out);  // warm-up: first touch of out and of the library's pools
+  for (auto _ : state) {
+    if (alloc) {
+      auto o = f(q, k, v);
+      benchmark::DoNotOptimize(o.data());
+    } else {
+      f(q, k, v, out);
+      benchmark::DoNotOptimize(out.data());
+    }
+    benchmark::ClobberMemory();
+  }
+  using benchmark::Counter;
+  state.counters["GFLOPS"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
+  state.counters["peak_pct"] =
+      Counter(100.0 * flops * 1e-9 / (peak_gflops_per_core() * threads), Counter::kIsIterationInvariantRate);
+  state.counters["tokens_per_s"] = Counter(static_cast<double>(s.B * s.N), Counter::kIsIterationInvariantRate);
+  state.SetComplexityN(s.N);
+}
+
+template <class T, class Maker>
+void register_family(const Method& m, const Maker& make, int threads, bool alloc) {
+  const std::string name = m.name + (alloc ? "+alloc/" : "/") + softfree::precision<T>::name +
+                           "/threads:" + std::to_string(threads);
+  auto* b = benchmark::RegisterBenchmark(name.c_str(), [m, make, threads, alloc](benchmark::State& state) {
+    Shape s;
+    s.N = state.range(0);
+    auto f = make(Type<T>{}, s);
+    f.parallel = parallel_for_threads(threads);
+    run_case<T>(state, f, s, m.flops(s), threads, alloc);
+  });
+  b->ArgName("N")->Unit(benchmark::kMillisecond)->UseRealTime()->Complexity(m.complexity);
+  for (Index n : kTokens) {
+    Shape s;
+    s.N = n;
+    if (!m.applies || m.applies(s)) b->Arg(n);
+  }
+}
+
+/// Registers a method: name, FLOPs per call, expected complexity, and a generic maker.
+template <class Maker>
+bool add_method(const Method& m, Maker make) {
+  registrations().push_back(Registration{m, [m, make](int t) {
+                                           register_family<float>(m, make, t, false);
+                                           if (m.time_alloc && t == 1) register_family<float>(m, make, t, true);
+                                           register_family<Eigen::half>(m, make, t, false);
+                                           register_family<Eigen::bfloat16>(m, make, t, false);
+                                         }});
+  return true;
+}
+
+}  // namespace softfree_bench
+
+#define SOFTFREE_BENCH_CONCAT2(a, b) a##b
+#define SOFTFREE_BENCH_CONCAT(a, b) SOFTFREE_BENCH_CONCAT2(a, b)
+/// SOFTFREE_BENCH_METHOD(Method{...}, maker): registers at static-initialisation time.
+#define SOFTFREE_BENCH_METHOD(...) \
+  static const bool SOFTFREE_BENCH_CONCAT(softfree_bench_registered_, __LINE__) = softfree_bench::add_method(__VA_ARGS__)

@@ -1,0 +1,73 @@
+// The suite's main: measures the core's FMA peak once, then registers every method's families
+// (float, half, bfloat16; 1 and 2 threads) and runs Google Benchmark.
+#include <chrono>
+#include <map>
+#include <memory>
+
+#include "harness.hpp"
+
+namespace softfree_bench {
+
+std::vector<Registration>& registrations() {
+  static std::vector<Registration> all;
+  return all;
+}
+
+const softfree::Parallel& parallel_for_threads(int threads) {
+  // One Eigen::ThreadPoolDevice per thread count, created once: the 2-thread cases run on the
+  // caller plus one pool thread, as a user's device would.
+  static std::map<int, std::unique_ptr<Eigen::ThreadPool>> pools;
+  static std::map<int, std::unique_ptr<Eigen::ThreadPoolDevice>> devices;
+  static std::map<int, softfree::Parallel> parallels;
+  auto it = parallels.find(threads);
+  if (it != parallels.end()) return it->second;
+  if (threads <= 1) return parallels[threads] = softfree::Parallel{};
+  pools[threads] = std::make_unique<Eigen::ThreadPool>(threads);
+  devices[threads] = std::make_unique<Eigen::ThreadPoolDevice>(pools[threads].get(), threads);
+  return parallels[threads] = softfree::Parallel::on(*devices[threads]);
+}
+
+namespace {
+
+// Peak of one core: independent packet FMAs with no memory traffic, 2 FLOPs per lane.
+double measure_peak() {
+  using P = softfree::detail::Packet<float>;
+  namespace ei = Eigen::internal;
+  constexpr int kAcc = 16;
+  P acc[kAcc];
+  for (int i = 0; i < kAcc; ++i) acc[i] = ei::pset1<P>(0.001f * static_cast<float>(i));
+  const P a = ei::pset1<P>(0.999999f), b = ei::pset1<P>(1e-7f);
+  const long iters = 20'000'000;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long it = 0; it < iters; ++it)
+      for (int i = 0; i < kAcc; ++i) acc[i] = ei::pmadd(acc[i], a, b);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    benchmark::DoNotOptimize(acc);
+    best = std::max(best, 2.0 * softfree::detail::kLanes<float> * kAcc * static_cast<double>(iters) / dt * 1e-9);
+  }
+  return best;
+}
+
+}  // namespace
+
+double peak_gflops_per_core() {
+  static const double peak = measure_peak();
+  return peak;
+}
+
+}  // namespace softfree_bench
+
+int main(int argc, char** argv) {
+  using namespace softfree_bench;
+  benchmark::AddCustomContext("fma_peak_gflops_per_core", std::to_string(peak_gflops_per_core()));
+  benchmark::AddCustomContext("shape", "B=1 H=6 D=64");
+  for (const Registration& r : registrations())
+    for (int threads : {1, 2}) r.register_all(threads);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,129 @@
+#pragma once
+// Shared test helpers: random inputs in each storage type, conversion to the double references
+// (tests/reference/), and the per-precision comparison every test uses.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include <softfree/softfree.hpp>
+
+#include "reference/ref_tensor.hpp"
+
+namespace softfree_test {
+
+using softfree::Index;
+using softfree::Tensor4;
+
+/// Every storage type the library supports, for typed tests.
+using StorageTypes = ::testing::Types<double, float, Eigen::half, Eigen::bfloat16>;
+
+/// Typed-test names: "double", "float", "half", "bfloat16".
+struct TypeName {
+  template <class T>
+  static std::string GetName(int) {
+    return softfree::precision<T>::name;
+  }
+};
+
+/// Tolerance relative to max |reference| (SPEC.md, "Precision"). The references see exactly the
+/// stored (already rounded) inputs, so only the kernel's own rounding counts:
+/// - double: ~1e-16 per operation, growing at worst linearly over sums of <= ~1e4 terms -> 1e-12;
+/// - float: unit roundoff 6e-8, sums of ~1e3 terms accumulated blockwise (error ~ sqrt(n) u to
+///   n u) and exp's few-ulp error -> 1e-5;
+/// - half: the output is rounded once to half (unit roundoff 4.9e-4) after float accumulation
+///   -> 1e-2 leaves room for values near max |ref| and intermediate results stored in half;
+/// - bfloat16: unit roundoff 3.9e-3, the same argument -> 4e-2.
+template <class T>
+double tolerance();
+template <>
+inline double tolerance<double>() { return 1e-12; }
+template <>
+inline double tolerance<float>() { return 1e-5; }
+template <>
+inline double tolerance<Eigen::half>() { return 1e-2; }
+template <>
+inline double tolerance<Eigen::bfloat16>() { return 4e-2; }
+
+/// Uniform random tensor in [lo, hi), rounded to T (deterministic for a seed).
+template <class T>
+Tensor4<T> random_tensor(Index B, Index H, Index N, Index D, unsigned seed, double lo = -1.0, double hi = 1.0) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  Tensor4<T> t(B, H, N, D);
+  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<T>(dist(gen));
+  return t;
+}
+
+/// The exact stored values of t, in double, for the references.
+template <class T>
+softfree_ref::Tensor to_ref(const Tensor4<T>& t) {
+  const auto& d = t.dimensions();
+  softfree_ref::Tensor r(d[0], d[1], d[2], d[3]);
+  for (Index i = 0; i < t.size(); ++i) r.data[static_cast<size_t>(i)] = static_cast<double>(t.data()[i]);
+  return r;
+}
+
+/// A reference tensor rounded to storage type T.
+template <class T>
+Tensor4<T> from_ref(const softfree_ref::Tensor& r) {
+  Tensor4<T> t(r.B, r.H, r.N, r.D);
+  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<T>(r.data[static_cast<size_t>(i)]);
+  return t;
+}
+
+/// max |got - ref| <= tol * max |ref|, every output finite, and shapes equal; on failure the
+/// message names the worst element.
+template <class T>
+::testing::AssertionResult close_to_ref(const Tensor4<T>& got, const softfree_ref::Tensor& ref,
+                                        double tol = tolerance<T>()) {
+  const auto& d = got.dimensions();
+  if (d[0] != ref.B || d[1] != ref.H || d[2] != ref.N || d[3] != ref.D)
+    return ::testing::AssertionFailure() << "shape [" << d[0] << ", " << d[1] << ", " << d[2] << ", " << d[3]
+                                         << "] differs from the reference's [" << ref.B << ", " << ref.H << ", "
+                                         << ref.N << ", " << ref.D << "]";
+  double scale = 0, worst = 0;
+  Index worst_at = 0;
+  for (Index i = 0; i < got.size(); ++i) {
+    const double g = static_cast<double>(got.data()[i]);
+    if (!std::isfinite(g)) return ::testing::AssertionFailure() << "output element " << i << " is " << g;
+    scale = std::max(scale, std::abs(ref.data[static_cast<size_t>(i)]));
+    const double e = std::abs(g - ref.data[static_cast<size_t>(i)]);
+    if (e > worst) worst = e, worst_at = i;
+  }
+  const double bound = tol * std::max(scale, 1e-300);
+  if (worst <= bound) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "max |got - ref| = " << worst << " at element " << worst_at << " (got "
+                                       << static_cast<double>(got.data()[worst_at]) << ", ref "
+                                       << ref.data[static_cast<size_t>(worst_at)] << "), above " << tol
+                                       << " x max|ref| = " << bound;
+}
+
+/// Bitwise equality of two tensors (determinism tests).
+template <class T>
+bool bitwise_equal(const Tensor4<T>& a, const Tensor4<T>& b) {
+  return a.dimensions() == b.dimensions() &&
+         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.size()) * sizeof(T)) == 0;
+}
+
+/// Runs f and checks it throws softfree::invalid_argument whose message contains every needle.
+template <class F>
+::testing::AssertionResult throws_naming(F&& f, std::initializer_list<const char*> needles) {
+  try {
+    f();
+  } catch (const softfree::invalid_argument& e) {
+    const std::string what = e.what();
+    for (const char* n : needles)
+      if (what.find(n) == std::string::npos)
+        return ::testing::AssertionFailure() << "message \"" << what << "\" does not mention \"" << n << "\"";
+    return ::testing::AssertionSuccess();
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure() << "threw another exception: " << e.what();
+  }
+  return ::testing::AssertionFailure() << "did not throw";
+}
+
+}  // namespace softfree_test
