@@ -6,17 +6,19 @@
 #include <utility>
 
 #include "core/attention.hpp"
+#include "sima.hpp"
 #include "softmax.hpp"
 
 namespace softfree {
 
 namespace detail {
-inline const char* const kAttentionNames[] = {"softmax"};
+inline const char* const kAttentionNames[] = {"softmax", "sima"};
 }  // namespace detail
 
 template <class T = float>
 AnyAttention<T> make_attention(const std::string& name) {
   if (name == "softmax") return AnyAttention<T>(SoftmaxAttention<T>{}, name);
+  if (name == "sima") return AnyAttention<T>(SimA<T>{}, name);
   std::string known;
   for (const char* n : detail::kAttentionNames) known += (known.empty() ? "" : ", ") + std::string(n);
   detail::fail("make_attention", "unknown attention name \"", name, "\"; known names: ", known);

@@ -9,4 +9,5 @@
 #include "core/precision.hpp"
 #include "core/tensor.hpp"
 #include "softmax.hpp"
+#include "sima.hpp"
 #include "make_attention.hpp"

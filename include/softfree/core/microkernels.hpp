@@ -67,14 +67,14 @@ EIGEN_ALWAYS_INLINE void kq_block(const Acc* k, Index ldk, const Acc* qt, Index 
     for (int p = 0; p < NP; ++p) acc[r][p] = Eigen::internal::pset1<P>(Acc(0));
   for (Index d = 0; d < depth; ++d) {
     P q[NP];
-    for (int p = 0; p < NP; ++p) q[p] = Eigen::internal::pload<P>(qt + d * bq + p * L);
+    for (int p = 0; p < NP; ++p) q[p] = Eigen::internal::ploadu<P>(qt + d * bq + p * L);
     for (int r = 0; r < RJ; ++r) {
       const P kb = Eigen::internal::pset1<P>(k[r * ldk + d]);
       for (int p = 0; p < NP; ++p) acc[r][p] = Eigen::internal::pmadd(kb, q[p], acc[r][p]);
     }
   }
   for (int r = 0; r < RJ; ++r)
-    for (int p = 0; p < NP; ++p) Eigen::internal::pstore(st + r * ldst + p * L, acc[r][p]);
+    for (int p = 0; p < NP; ++p) Eigen::internal::pstoreu(st + r * ldst + p * L, acc[r][p]);
 }
 
 /// ST (nk x bq, leading dimension bq) = K (nk x depth, leading dimension ldk) * QT (depth x bq).
@@ -109,17 +109,17 @@ EIGEN_ALWAYS_INLINE void vp_block(const Acc* v, Index ldv, Index nj, const Acc* 
   constexpr Index L = kLanes<Acc>;
   P acc[RD][NP];
   for (int r = 0; r < RD; ++r)
-    for (int p = 0; p < NP; ++p) acc[r][p] = Eigen::internal::pload<P>(ot + r * bq + p * L);
+    for (int p = 0; p < NP; ++p) acc[r][p] = Eigen::internal::ploadu<P>(ot + r * bq + p * L);
   for (Index j = 0; j < nj; ++j) {
     P x[NP];
-    for (int p = 0; p < NP; ++p) x[p] = Eigen::internal::pload<P>(pt + j * bq + p * L);
+    for (int p = 0; p < NP; ++p) x[p] = Eigen::internal::ploadu<P>(pt + j * bq + p * L);
     for (int r = 0; r < RD; ++r) {
       const P vb = Eigen::internal::pset1<P>(v[j * ldv + r]);
       for (int p = 0; p < NP; ++p) acc[r][p] = Eigen::internal::pmadd(vb, x[p], acc[r][p]);
     }
   }
   for (int r = 0; r < RD; ++r)
-    for (int p = 0; p < NP; ++p) Eigen::internal::pstore(ot + r * bq + p * L, acc[r][p]);
+    for (int p = 0; p < NP; ++p) Eigen::internal::pstoreu(ot + r * bq + p * L, acc[r][p]);
 }
 
 /// OT (dv x bq) += V^T * PT, with V (nj x dv, leading dimension ldv) and PT (nj x bq).

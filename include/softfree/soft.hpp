@@ -1,0 +1,533 @@
+#pragma once
+// SOFT (Lu et al., NeurIPS 2021): softmax-free attention with a Gaussian kernel
+//   k(x, y) = exp(-||x - y||^2 / (2 sqrt(D))),
+// no row normalisation. SoftGaussian is the exact O(N^2) form; SoftNystrom the linear form
+// O = P pinv(A) (R V) over m landmarks, with the pseudo-inverse by Newton-Raphson (newton_pinv).
+//
+// Both rest on one flash-style kernel (detail::GaussianBlock): the exponent is expanded as
+//   -||q - k||^2 / (2 sqrt D) = s q.k - s|q|^2/2 - s|k|^2/2,   s = 1/sqrt(D),
+// so a score tile is one product K QT (core/microkernels.hpp) plus two norms, and the weights go
+// straight into OT += V^T PT. Every exponent is <= 0, so no running max is needed; it is clamped
+// at 0 from above so rounding in the expansion can never produce a weight above 1.
+// SoftNystrom is that kernel twice: R V = SoftGaussian(landmarks of Q, K, V) (m rows), then
+// O = SoftGaussian(Q, landmarks of K, Y) with Y = pinv(A) (R V) (m values): linear in N.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "core/attention.hpp"
+#include "core/microkernels.hpp"
+#include "core/parallel.hpp"
+#include "core/precision.hpp"
+
+namespace softfree {
+
+// ------------------------------------------------------------------ Newton-Raphson pseudo-inverse
+
+/// How newton_pinv starts (SPEC.md "SOFT").
+enum class NewtonInit {
+  /// Current official code: P = A + lambda I, V0 = alpha P, alpha = 0.9 * 2 / (max_i sum_j |A_ij|)^2
+  /// (row sums of A, before lambda is added). Converges to (A + lambda I)^-1.
+  Current,
+  /// Paper-era code: P = A (lambda ignored), V0 = alpha A, alpha = 2 / (max row sum)^2, halved
+  /// (at most 10 times) while max_j sum_i |(I - A V0)_ij| > 1.01.
+  PaperEra,
+};
+
+/// Options of the Newton-Raphson (Newton-Schulz) iteration V <- 2V - V P V.
+struct NewtonOptions {
+  int steps = 20;         ///< iterations (>= 0); 6 do not converge on typical kernel matrices
+  double lambda = 0.01;   ///< regulariser added to the diagonal (Current init); >= 0, finite
+  NewtonInit init = NewtonInit::Current;
+  /// Early stop once ||I - P V||_F < tolerance (checked after every step); 0 = run every step.
+  double tolerance = 0;
+  /// With tolerance = 0, a result counts as converged when ||I - P V||_F < this.
+  static constexpr double kConvergedResidual = 1e-2;
+};
+
+/// Result of newton_pinv: the iterate and how far it got.
+template <class Acc>
+struct NewtonResult {
+  RowMatrix<Acc> inverse;  ///< the final iterate V ~ P^-1
+  int steps = 0;           ///< steps run (fewer than options.steps after an early stop)
+  double residual = 0;     ///< ||I - P V||_F of the returned V
+  bool converged = false;  ///< residual < tolerance (or < kConvergedResidual when tolerance = 0)
+};
+
+/// What SoftNystrom's pseudo-inverses did on its last call, over every (b, h) head.
+struct NewtonDiagnostics {
+  Index heads = 0;         ///< matrices inverted (B * H)
+  int steps = 0;           ///< most steps any head ran
+  double residual = 0;     ///< worst ||I - P V||_F over the heads
+  bool converged = false;  ///< every head converged (NewtonResult::converged)
+};
+
+namespace detail {
+
+inline void check_newton_options(const char* where, const char* prefix, const NewtonOptions& o) {
+  if (o.steps < 0) fail(where, prefix, "steps = ", o.steps, ": must be >= 0");
+  if (!(std::isfinite(o.lambda) && o.lambda >= 0))
+    fail(where, prefix, "lambda = ", o.lambda, ": must be non-negative and finite");
+  if (!(std::isfinite(o.tolerance) && o.tolerance >= 0))
+    fail(where, prefix, "tolerance = ", o.tolerance, ": must be non-negative and finite (0 = no early stop)");
+}
+
+inline bool newton_converged(const NewtonOptions& o, double residual) {
+  return residual < (o.tolerance > 0 ? o.tolerance : NewtonOptions::kConvergedResidual);
+}
+
+/// Buffers of the iteration, sized once per m and reused across heads.
+template <class Acc>
+struct NewtonWorkspace {
+  RowMatrix<Acc> p, v, t, u;
+};
+
+struct NewtonStats {
+  int steps = 0;
+  double residual = 0;
+};
+
+/// Runs the iteration on the square matrix a; the result is left in ws.v.
+/// Each step costs two m^3 products: T = P V, then V <- 2V - V T. The next step's T gives the
+/// residual I - T for free, so the final residual costs one extra product in all.
+template <class Acc, class Derived>
+NewtonStats newton_run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions& o, NewtonWorkspace<Acc>& ws) {
+  const Index m = a.rows();
+  const double row_sum = static_cast<double>(a.cwiseAbs().rowwise().sum().maxCoeff());
+  ws.p = a;
+  if (o.init == NewtonInit::Current) {
+    ws.p.diagonal().array() += static_cast<Acc>(o.lambda);
+    // A whose kernel values all underflowed is 0: then start from P's own row sum (lambda), so
+    // the iteration still converges to (lambda I)^-1 rather than dividing by zero.
+    const double rs = row_sum > 0 ? row_sum : static_cast<double>(o.lambda);
+    if (rs > 0)
+      ws.v = static_cast<Acc>(0.9 * 2.0 / (rs * rs)) * ws.p;
+    else
+      ws.v.setZero(m, m);  // A = 0 and lambda = 0: pinv(0) = 0
+  } else if (row_sum > 0) {
+    double alpha = 2.0 / (row_sum * row_sum);
+    ws.v = static_cast<Acc>(alpha) * ws.p;
+    for (int halvings = 0; halvings < 10; ++halvings) {
+      ws.t.noalias() = ws.p * ws.v;
+      const Acc col_sum = (RowMatrix<Acc>::Identity(m, m) - ws.t).cwiseAbs().colwise().sum().maxCoeff();
+      if (!(col_sum > Acc(1.01))) break;
+      alpha *= 0.5;
+      ws.v = static_cast<Acc>(alpha) * ws.p;
+    }
+  } else {
+    ws.v.setZero(m, m);  // pinv(0) = 0
+  }
+  NewtonStats st;
+  ws.t.noalias() = ws.p * ws.v;
+  for (int s = 1; s <= o.steps; ++s) {
+    ws.u.noalias() = ws.v * ws.t;
+    ws.v = Acc(2) * ws.v - ws.u;
+    ws.t.noalias() = ws.p * ws.v;
+    st.steps = s;
+    if (o.tolerance > 0 &&
+        static_cast<double>((ws.t - RowMatrix<Acc>::Identity(m, m)).norm()) < o.tolerance)
+      break;
+  }
+  st.residual = static_cast<double>((ws.t - RowMatrix<Acc>::Identity(m, m)).norm());
+  return st;
+}
+
+}  // namespace detail
+
+/// Newton-Raphson (Newton-Schulz) pseudo-inverse of a square float or double matrix (SPEC.md
+/// "SOFT"): with the default options, 20 steps of V <- 2V - V P V from the official code's start,
+/// approximating (A + 0.01 I)^-1. The result carries the steps run and the residual
+/// ||I - P V||_F, so non-convergence is visible (converged = false), never silent.
+/// Throws softfree::invalid_argument for a non-square or empty matrix or a bad option.
+template <class Derived>
+NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Derived>& a,
+                                                   const NewtonOptions& options = {}) {
+  using Acc = typename Derived::Scalar;
+  static_assert(std::is_same<Acc, float>::value || std::is_same<Acc, double>::value,
+                "softfree::newton_pinv: the matrix must be float or double");
+  if (a.rows() != a.cols() || a.rows() == 0)
+    detail::fail("newton_pinv", "a is ", a.rows(), " x ", a.cols(), ": must be square and non-empty");
+  detail::check_newton_options("newton_pinv", "options.", options);
+  detail::NewtonWorkspace<Acc> ws;
+  const detail::NewtonStats st = detail::newton_run(a.eval(), options, ws);
+  NewtonResult<Acc> r;
+  r.inverse = std::move(ws.v);
+  r.steps = st.steps;
+  r.residual = st.residual;
+  r.converged = detail::newton_converged(options, st.residual);
+  return r;
+}
+
+// ------------------------------------------------------------------ the Gaussian-kernel tile loop
+
+namespace detail {
+
+/// One block of up to kBlockQ queries against any number of keys: OT += sum_j k(q, k_j) v_j^T.
+/// Keys and values may be storage (converted tile by tile) or accumulate type (used in place).
+template <class Acc>
+class GaussianBlock {
+ public:
+  // Four packets of queries (64 with AVX-512 float) and 128-key tiles: QT, OT and the weight
+  // tile stay in L1, as in SoftmaxAttention.
+  static constexpr Index kBlockQ = 4 * kLanes<Acc>;
+  static constexpr Index kBlockK = 128;
+
+  explicit GaussianBlock(Index d)
+      : d_(d), s_(static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(d)))),
+        qt_(static_cast<size_t>(d * kBlockQ)), ot_(qt_.size()), st_(static_cast<size_t>(kBlockK * kBlockQ)),
+        qn_(kBlockQ), kn_(kBlockK), o_(kBlockQ, d) {}
+
+  /// Starts a block: q (rows <= kBlockQ, d columns) is transposed with s folded in, its half
+  /// squared norms s|q|^2/2 kept, the accumulator cleared. Padding columns are zero queries.
+  void start(const ConstMatrixMap<Acc>& q) {
+    rows_ = q.rows();
+    Acc* qt = qt_.data();
+    for (Index c = 0; c < d_; ++c) {
+      for (Index r = 0; r < rows_; ++r) qt[c * kBlockQ + r] = q(r, c) * s_;
+      std::fill(qt + c * kBlockQ + rows_, qt + (c + 1) * kBlockQ, Acc(0));
+    }
+    std::fill(qn_.begin(), qn_.end(), Acc(0));
+    for (Index r = 0; r < rows_; ++r) qn_[static_cast<size_t>(r)] = q.row(r).squaredNorm() * (s_ / 2);
+    std::fill(ot_.begin(), ot_.end(), Acc(0));
+  }
+
+  /// Adds keys k[0, nk) with values v[0, nk) (both nk x d, contiguous rows).
+  template <class TK>
+  void add(const TK* k, const TK* v, Index nk, TileLoader<TK>& load_k, TileLoader<TK>& load_v) {
+    static_assert(std::is_same<accum_t<TK>, Acc>::value, "keys must accumulate in the block's type");
+    for (Index j0 = 0; j0 < nk; j0 += kBlockK) {
+      const Index nj = std::min(kBlockK, nk - j0);
+      const auto kt = load_k(k + j0 * d_, nj, d_);
+      const auto vt = load_v(v + j0 * d_, nj, d_);
+      add_tile(kt, vt);
+    }
+  }
+
+  /// The block's result, rows x d.
+  auto result() {
+    for (Index r = 0; r < rows_; ++r)
+      for (Index c = 0; c < d_; ++c) o_(r, c) = ot_[static_cast<size_t>(c * kBlockQ + r)];
+    return o_.topRows(rows_);
+  }
+
+ private:
+  void add_tile(const ConstMatrixMap<Acc>& kt, const ConstMatrixMap<Acc>& vt) {
+    using P = Packet<Acc>;
+    namespace ei = Eigen::internal;
+    constexpr Index L = kLanes<Acc>, bq = kBlockQ;
+    constexpr int NQ = static_cast<int>(bq / L);
+    // Below this exp underflows: exp_nonpositive would return the smallest normal, so flush to 0.
+    const P lowest = ei::pset1<P>(std::is_same<Acc, float>::value ? Acc(-87.3) : Acc(-708));
+    const P zero = ei::pset1<P>(Acc(0));
+    const Index nj = kt.rows();
+    for (Index j = 0; j < nj; ++j) kn_[static_cast<size_t>(j)] = kt.row(j).squaredNorm() * (s_ / 2);
+    Acc* st = st_.data();
+    kq_product(kt.data(), d_, nj, qt_.data(), bq, d_, st);
+    P qn[NQ];
+    for (int p = 0; p < NQ; ++p) qn[p] = ei::pload<P>(qn_.data() + p * L);
+    for (Index j = 0; j < nj; ++j) {
+      const P kn = ei::pset1<P>(kn_[static_cast<size_t>(j)]);
+      for (int p = 0; p < NQ; ++p) {
+        Acc* x = st + j * bq + p * L;
+        const P e = ei::pmin(ei::psub(ei::psub(ei::pload<P>(x), kn), qn[p]), zero);
+        ei::pstore(x, ei::pand(exp_nonpositive(e), ei::pcmp_le(lowest, e)));
+      }
+    }
+    vp_product(vt.data(), d_, nj, d_, st, bq, ot_.data());
+  }
+
+  Index d_, rows_ = 0;
+  Acc s_;
+  AlignedBuffer<Acc> qt_, ot_, st_, qn_, kn_;
+  RowMatrix<Acc> o_;
+};
+
+}  // namespace detail
+
+// ------------------------------------------------------------------ SoftGaussian
+
+/// Exact SOFT attention, O(N^2 D): O[i] = sum_j exp(-||Q_i - K_j||^2 / (2 sqrt(D))) V_j, with no
+/// normalisation. Computed in tiles (never an N x N buffer). Q may have another token count than
+/// K and V (cross-attention); the paper's tied case is k == q.
+template <class T = float>
+class SoftGaussian : public Attention<SoftGaussian<T>, T> {
+ public:
+  static constexpr const char* kName = "SoftGaussian";
+
+  /// Not supported (SOFT defines no causal form here); true is rejected.
+  bool causal = false;
+  Parallel parallel;
+
+  Shape4 check_inputs(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v) const {
+    const Shape4 s = detail::check_qkv(kName, q, k, v, /*allow_cross=*/true);
+    if (causal) detail::fail(kName, "causal = true: SOFT attention has no causal mode");
+    return s;
+  }
+
+  void compute(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
+               const View4<T>& out) const {
+    const Shape4 sq = shape_of(q);
+    const Index nk = shape_of(k).N, bq = Block::kBlockQ, q_blocks = (sq.N + bq - 1) / bq;
+    // One item = one block of query rows of one (b, h): independent of the thread count.
+    detail::parallel_for(parallel, sq.B * sq.H * q_blocks, [&] {
+      return [&, ws = Workspace(sq.D)](Index item) mutable {
+        const Index bh = item / q_blocks, b = bh / sq.H, h = bh % sq.H;
+        const Index i0 = (item % q_blocks) * bq, rows = std::min(bq, sq.N - i0);
+        ws.block.start(ws.load_q(head(q, b, h).data() + i0 * sq.D, rows, sq.D));
+        ws.block.add(head(k, b, h).data(), head(v, b, h).data(), nk, ws.load_k, ws.load_v);
+        detail::store_rows(ws.block.result(), head(out, b, h).data() + i0 * sq.D);
+      };
+    });
+  }
+
+ private:
+  using Acc = accum_t<T>;
+  using Block = detail::GaussianBlock<Acc>;
+  struct Workspace {
+    explicit Workspace(Index d) : block(d) {}
+    Block block;
+    detail::TileLoader<T> load_q, load_k, load_v;
+  };
+};
+
+// ------------------------------------------------------------------ landmarks
+
+/// How SoftNystrom picks its m landmarks (SPEC.md "SOFT"). Build one with a factory.
+struct Landmarks {
+  enum class Kind { Segments, Grid, Given };
+  Kind kind = Kind::Segments;
+  Index m = 49;                     ///< Segments: the landmark count
+  Index rows = 0, cols = 0, r = 0;  ///< Grid: the token image and the pooling size
+  /// Given: copies of the caller's [B, H, m, D] landmark tensors, in double (exact for every
+  /// storage type); shared between copies of the functor, so copying it stays cheap.
+  std::shared_ptr<const Tensor4<double>> q_given, k_given;
+
+  /// 1-D adaptive average pooling into m segments [floor(i N / m), ceil((i + 1) N / m))
+  /// (PyTorch adaptive_avg_pool1d); needs 1 <= m <= N. The default, with m = 49.
+  static Landmarks segments(Index m) {
+    Landmarks l;
+    l.m = m;
+    return l;
+  }
+  /// Tokens are a row-major rows x cols image (t = y cols + x), average-pooled with kernel =
+  /// stride = r, floor mode: m = floor(rows / r) * floor(cols / r), row-major over the pooled grid.
+  static Landmarks grid(Index rows, Index cols, Index r) {
+    Landmarks l;
+    l.kind = Kind::Grid;
+    l.rows = rows, l.cols = cols, l.r = r;
+    return l;
+  }
+  /// The caller's landmarks for q and for k, each [B, H, m, D] (Tensor4 or TensorMap of any
+  /// storage type). They are copied here: the caller's tensors need not outlive this call.
+  template <class QL, class KL>
+  static Landmarks given(const QL& q_landmarks, const KL& k_landmarks) {
+    Landmarks l;
+    l.kind = Kind::Given;
+    l.q_given = copy(q_landmarks);
+    l.k_given = copy(k_landmarks);
+    return l;
+  }
+
+ private:
+  template <class X>
+  static std::shared_ptr<const Tensor4<double>> copy(const X& x) {
+    static_assert(detail::is_rowmajor_rank4<X>::value,
+                  "softfree::Landmarks::given: landmarks must be [B, H, m, D] row-major rank-4 tensors");
+    auto t = std::make_shared<Tensor4<double>>(x.dimensions());
+    for (Index i = 0; i < t->size(); ++i) t->data()[i] = static_cast<double>(x.data()[i]);
+    return t;
+  }
+};
+
+// ------------------------------------------------------------------ SoftNystrom
+
+/// SOFT with the Nystrom low-rank form, linear in N (SPEC.md "SOFT"):
+///   P = k(Q, Kt) (N x m), A = k(Qt, Kt) (m x m), R = k(Qt, K) (m x N), O = P pinv(A) (R V),
+/// with landmarks Qt from Q and Kt from K, evaluated right to left (never an N x N matrix).
+/// pinv is newton_pinv(A, newton), in float (double for double storage). Q and K may differ,
+/// also in token count (landmark counts agree); with k == q it is the paper's P A^+ P^T V.
+///
+/// Diagnostics: set `diagnostics` to a NewtonDiagnostics the caller owns and every call fills it
+/// (worst residual over the heads, steps run, converged). The functor stays const; a caller who
+/// runs one functor from several threads at once gives each thread its own copy and object.
+template <class T = float>
+class SoftNystrom : public Attention<SoftNystrom<T>, T> {
+ public:
+  static constexpr const char* kName = "SoftNystrom";
+
+  Landmarks landmarks = Landmarks::segments(49);
+  NewtonOptions newton;
+  /// SOFT-Norm: pinv(A) <- D^-1/2 pinv(A) D^-1/2 with D = diag(A 1).
+  bool soft_norm = false;
+  /// Not supported (causal masking is ill-defined under landmark pooling); true is rejected.
+  bool causal = false;
+  /// Filled by every call when set (not owned); see the class comment.
+  NewtonDiagnostics* diagnostics = nullptr;
+  Parallel parallel;
+
+  Shape4 check_inputs(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v) const {
+    const Shape4 s = detail::check_qkv(kName, q, k, v, /*allow_cross=*/true);
+    if (causal) detail::fail(kName, "causal = true: SOFT's landmark pooling has no causal form");
+    detail::check_newton_options(kName, "newton.", newton);
+    const Shape4 sk = shape_of(k);
+    const Landmarks& l = landmarks;
+    switch (l.kind) {
+      case Landmarks::Kind::Segments:
+        if (l.m < 1 || l.m > std::min(s.N, sk.N))
+          detail::fail(kName, "landmarks = segments(m = ", l.m, "): m must be in [1, N], but q has shape ", s,
+                       " and k has shape ", sk);
+        break;
+      case Landmarks::Kind::Grid:
+        if (l.r < 1 || l.r > l.rows || l.r > l.cols)
+          detail::fail(kName, "landmarks = grid(rows = ", l.rows, ", cols = ", l.cols, ", r = ", l.r,
+                       "): r must be in [1, min(rows, cols)]");
+        for (const Shape4& x : {s, sk})
+          if (l.rows * l.cols != x.N)
+            detail::fail(kName, "landmarks = grid(rows = ", l.rows, ", cols = ", l.cols, ", r = ", l.r,
+                         "): rows * cols = ", l.rows * l.cols, " but q has shape ", s, " and k has shape ", sk,
+                         " (N tokens)");
+        break;
+      case Landmarks::Kind::Given: {
+        if (!l.q_given || !l.k_given) detail::fail(kName, "landmarks = given(...): a landmark tensor is missing");
+        const Shape4 gq = shape_of(*l.q_given), gk = shape_of(*l.k_given);
+        if (gq.B != s.B || gq.H != s.H || gq.D != s.D || gq.N < 1)
+          detail::fail(kName, "landmarks = given: q_landmarks has shape ", gq, " but q has shape ", s,
+                       ": must be [B, H, m, D] with m >= 1");
+        if (gk != gq)
+          detail::fail(kName, "landmarks = given: k_landmarks has shape ", gk, " but q_landmarks has shape ", gq,
+                       ": must be equal");
+        break;
+      }
+    }
+    return s;
+  }
+
+  void compute(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
+               const View4<T>& out) const {
+    const Shape4 sq = shape_of(q);
+    const Index nk = shape_of(k).N, d = sq.D, heads = sq.B * sq.H, m = landmark_count(sq.N);
+    // Per head, pass 1 leaves Kt and Y = pinv(A) (R V) (m x d each) here for pass 2.
+    std::vector<Acc> kt_all(static_cast<size_t>(heads * m * d)), y_all(kt_all.size());
+    std::vector<detail::NewtonStats> stats(static_cast<size_t>(heads));
+
+    // Pass 1, one item per (b, h): landmarks, R V, A, its pseudo-inverse, Y.
+    detail::parallel_for(parallel, heads, [&] {
+      return [&, ws = HeadWorkspace(m, d)](Index bh) mutable {
+        const Index b = bh / sq.H, h = bh % sq.H;
+        pool(q, b, h, /*for_q=*/true, ws.load, ws.ql);
+        MatrixMap<Acc> kt(kt_all.data() + bh * m * d, m, d);
+        pool(k, b, h, /*for_q=*/false, ws.load, kt);
+        for (Index i0 = 0; i0 < m; i0 += Block::kBlockQ) {  // R V = SoftGaussian(Qt, K, V)
+          const Index rows = std::min(Block::kBlockQ, m - i0);
+          ws.block.start(ConstMatrixMap<Acc>(ws.ql.data() + i0 * d, rows, d));
+          ws.block.add(head(k, b, h).data(), head(v, b, h).data(), nk, ws.load_k, ws.load_v);
+          ws.rv.middleRows(i0, rows) = ws.block.result();
+        }
+        const Acc s = static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(d)));
+        ws.a.noalias() = s * ws.ql * kt.transpose();
+        ws.qn = ws.ql.rowwise().squaredNorm() * (s / 2);
+        ws.kn = kt.rowwise().squaredNorm() * (s / 2);
+        ws.a = ((ws.a.array().colwise() - ws.qn.array()).rowwise() - ws.kn.transpose().array())
+                   .min(Acc(0))
+                   .exp()
+                   .matrix();
+        stats[static_cast<size_t>(bh)] = detail::newton_run(ws.a, newton, ws.newton);
+        if (soft_norm) {  // D^-1/2 pinv D^-1/2, D = diag(A 1): scale rows and columns
+          ws.qn = ws.a.rowwise().sum().cwiseSqrt().cwiseInverse();
+          ws.newton.v = ws.qn.asDiagonal() * ws.newton.v * ws.qn.asDiagonal();
+        }
+        MatrixMap<Acc>(y_all.data() + bh * m * d, m, d).noalias() = ws.newton.v * ws.rv;
+      };
+    });
+
+    // Pass 2, one item per block of query rows of one (b, h): O = SoftGaussian(Q, Kt, Y).
+    const Index bq = Block::kBlockQ, q_blocks = (sq.N + bq - 1) / bq;
+    detail::parallel_for(parallel, heads * q_blocks, [&] {
+      return [&, ws = RowWorkspace(d)](Index item) mutable {
+        const Index bh = item / q_blocks, b = bh / sq.H, h = bh % sq.H;
+        const Index i0 = (item % q_blocks) * bq, rows = std::min(bq, sq.N - i0);
+        ws.block.start(ws.load_q(head(q, b, h).data() + i0 * d, rows, d));
+        ws.block.add(kt_all.data() + bh * m * d, y_all.data() + bh * m * d, m, ws.load_acc, ws.load_acc);
+        detail::store_rows(ws.block.result(), head(out, b, h).data() + i0 * d);
+      };
+    });
+
+    if (diagnostics) {
+      NewtonDiagnostics dg;
+      dg.heads = heads;
+      dg.converged = true;
+      for (const detail::NewtonStats& st : stats) {
+        dg.steps = std::max(dg.steps, st.steps);
+        dg.residual = std::max(dg.residual, st.residual);
+        dg.converged = dg.converged && detail::newton_converged(newton, st.residual);
+      }
+      *diagnostics = dg;
+    }
+  }
+
+  /// The number of landmarks m for inputs with n query tokens (options assumed checked).
+  Index landmark_count(Index n) const {
+    switch (landmarks.kind) {
+      case Landmarks::Kind::Segments:
+        return landmarks.m;
+      case Landmarks::Kind::Grid:
+        return (landmarks.rows / landmarks.r) * (landmarks.cols / landmarks.r);
+      case Landmarks::Kind::Given:
+        return landmarks.q_given->dimension(2);
+    }
+    return n;
+  }
+
+ private:
+  using Acc = accum_t<T>;
+  using Block = detail::GaussianBlock<Acc>;
+  using Vector = Eigen::Matrix<Acc, Eigen::Dynamic, 1>;
+
+  struct HeadWorkspace {
+    HeadWorkspace(Index m, Index d) : block(d), ql(m, d), rv(m, d), a(m, m), qn(m), kn(m) {}
+    Block block;
+    RowMatrix<Acc> ql, rv, a;
+    Vector qn, kn;
+    detail::NewtonWorkspace<Acc> newton;
+    detail::TileLoader<T> load, load_k, load_v;
+  };
+  struct RowWorkspace {
+    explicit RowWorkspace(Index d) : block(d) {}
+    Block block;
+    detail::TileLoader<T> load_q;
+    detail::TileLoader<Acc> load_acc;  // zero-copy: Kt and Y are already accumulate type
+  };
+
+  // The m x d landmarks of x's (b, h) slice, in the accumulate type.
+  template <class Out>
+  void pool(const ConstView4<T>& x, Index b, Index h, bool for_q, detail::TileLoader<T>& load, Out&& dst) const {
+    const Shape4 s = shape_of(x);
+    const Index n = s.N, d = s.D;
+    const T* src = head(x, b, h).data();
+    const Landmarks& l = landmarks;
+    if (l.kind == Landmarks::Kind::Given) {
+      const Tensor4<double>& g = for_q ? *l.q_given : *l.k_given;
+      const Index m = g.dimension(2);
+      dst = ConstMatrixMap<double>(g.data() + (b * s.H + h) * m * d, m, d).template cast<Acc>();
+    } else if (l.kind == Landmarks::Kind::Segments) {
+      for (Index i = 0; i < l.m; ++i) {
+        const Index start = i * n / l.m, end = ((i + 1) * n + l.m - 1) / l.m;
+        dst.row(i) = load(src + start * d, end - start, d).colwise().sum() / static_cast<Acc>(end - start);
+      }
+    } else {
+      const Index pcols = l.cols / l.r, width = pcols * l.r;
+      dst.setZero();
+      for (Index y = 0; y < (l.rows / l.r) * l.r; ++y) {  // image rows of whole pooling windows
+        const auto strip = load(src + y * l.cols * d, width, d);
+        for (Index px = 0; px < pcols; ++px)
+          dst.row((y / l.r) * pcols + px) += strip.middleRows(px * l.r, l.r).colwise().sum();
+      }
+      dst /= static_cast<Acc>(l.r * l.r);
+    }
+  }
+};
+
+}  // namespace softfree
