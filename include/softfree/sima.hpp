@@ -132,8 +132,10 @@ class SimA : public Attention<SimA<T>, T> {
       const Index rows = std::min(kTile, nk - r0);
       const auto kt = ws.load_k(kp + r0 * d, rows, d);
       const auto vt = ws.load_v(vp + r0 * d, rows, d);
-      if (packet_kernels(d))
-        detail::vp_product(kt.data(), d, rows, d, vt.data(), d, ws.kv.data());  // kv += K^T V
+      if (packet_kernels(d))  // kv += K^T V, 64 rows at a time so the V rows it re-reads stay in L1
+        for (Index j = 0; j < rows; j += 64)
+          detail::vp_product(kt.data() + j * d, d, std::min<Index>(64, rows - j), d, vt.data() + j * d, d,
+                             ws.kv.data());
       else
         ws.kv.noalias() += kt.transpose() * vt;
       add_abs_colsum(kt, ws.partial, ws.knorm);

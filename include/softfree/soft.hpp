@@ -461,7 +461,7 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
       dg.converged = true;
       for (const detail::NewtonStats& st : stats) {
         dg.steps = std::max(dg.steps, st.steps);
-        dg.residual = std::max(dg.residual, st.residual);
+        if (!(st.residual <= dg.residual)) dg.residual = st.residual;  // keeps a NaN (diverged) visible
         dg.converged = dg.converged && detail::newton_converged(newton, st.residual);
       }
       *diagnostics = dg;

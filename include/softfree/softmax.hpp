@@ -53,7 +53,7 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
         const Index i0 = (item % q_blocks) * kBlockQ, rows = std::min(kBlockQ, nq - i0);
         Index key_end = key_lengths.empty() ? nk : key_lengths[static_cast<size_t>(b)];
         if (causal) key_end = std::min(key_end, i0 + rows);
-        run_block(head(q, b, h).data() + i0 * sq.D, rows, head(k, b, h).data(), head(v, b, h).data(), key_end,
+        run_block(head(q, b, h).data() + i0 * sq.D, rows, head(k, b, h).data(), head(v, b, h).data(), nk, key_end,
                   i0, s, ws, head(out, b, h).data() + i0 * sq.D);
       };
     });
@@ -81,7 +81,7 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
 
   // Queries i0 .. i0+rows of one head against keys [0, key_end): transposed scaled queries QT,
   // then for each key tile ST = K QT, online softmax down each query column, OT += V^T ST.
-  void run_block(const T* qp, Index rows, const T* kp, const T* vp, Index key_end, Index i0, Acc s,
+  void run_block(const T* qp, Index rows, const T* kp, const T* vp, Index nk, Index key_end, Index i0, Acc s,
                  Workspace& ws, T* op) const {
     using P = detail::Packet<Acc>;
     namespace ei = Eigen::internal;
@@ -89,6 +89,10 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
     constexpr int NQ = static_cast<int>(kBlockQ / L);
     const Index d = ws.d;
     const auto qb = ws.load_q(qp, rows, d);
+    // Half and bfloat16 keys and values are converted once per head per thread and reused by
+    // every query block of that head (the loader keeps the last head it converted).
+    const auto k_head = ws.load_k(kp, nk, d);
+    const auto v_head = ws.load_v(vp, nk, d);
     Acc* qt = ws.qt.data();
     for (Index c = 0; c < d; ++c) {
       for (Index r = 0; r < rows; ++r) qt[c * bq + r] = qb(r, c) * s;  // scale folded into Q once
@@ -100,10 +104,10 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
 
     for (Index j0 = 0; j0 < key_end; j0 += kBlockK) {
       const Index nj = std::min(kBlockK, key_end - j0);
-      const auto kt = ws.load_k(kp + j0 * d, nj, d);
-      const auto vt = ws.load_v(vp + j0 * d, nj, d);
+      const Acc* kt = k_head.data() + j0 * d;
+      const Acc* vt = v_head.data() + j0 * d;
       Acc* st = ws.st.data();
-      detail::kq_product(kt.data(), d, nj, qt, bq, d, st);
+      detail::kq_product(kt, d, nj, qt, bq, d, st);
       // Causal: key j0 + j is hidden from queries i0 + i < j0 + j, the first `hidden(j)` columns.
       const auto hidden = [&](Index j) { return causal ? std::clamp<Index>(j0 + j - i0, 0, bq) : Index(0); };
       const Index first_masked = causal ? std::clamp<Index>(i0 + 1 - j0, 0, nj) : nj;
@@ -137,7 +141,7 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
           Acc* o = ws.ot.data() + c * bq + p * L;
           ei::pstore(o, ei::pmul(ei::pload<P>(o), alpha[p]));
         }
-      detail::vp_product(vt.data(), d, nj, d, st, bq, ws.ot.data());
+      detail::vp_product(vt, d, nj, d, st, bq, ws.ot.data());
     }
     for (Index r = 0; r < rows; ++r) {
       const Acc l = ws.row_sum[static_cast<size_t>(r)];

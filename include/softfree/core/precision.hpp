@@ -100,6 +100,8 @@ inline void convert(const float* src, Eigen::bfloat16* dst, Index n) {
 
 /// Maps a contiguous rows x cols block of storage as an accumulate-type matrix: directly when
 /// the types agree, otherwise converted into a buffer owned by the loader (grown once, reused).
+/// Asking again for the block it converted last returns that copy without converting again
+/// (inputs are const for the length of a call, and a loader lives no longer than one call).
 template <class T>
 class TileLoader {
   using Acc = accum_t<T>;
@@ -109,14 +111,20 @@ class TileLoader {
     if constexpr (std::is_same<T, Acc>::value) {
       return ConstMatrixMap<Acc>(src, rows, cols);
     } else {
-      if (static_cast<Index>(buf_.size()) < rows * cols) buf_.resize(static_cast<size_t>(rows * cols));
-      convert(src, buf_.data(), rows * cols);
+      if (src != last_src_ || rows * cols != last_size_) {
+        if (static_cast<Index>(buf_.size()) < rows * cols) buf_.resize(static_cast<size_t>(rows * cols));
+        convert(src, buf_.data(), rows * cols);
+        last_src_ = src;
+        last_size_ = rows * cols;
+      }
       return ConstMatrixMap<Acc>(buf_.data(), rows, cols);
     }
   }
 
  private:
   std::vector<Acc> buf_;  // unused when T == Acc
+  const T* last_src_ = nullptr;
+  Index last_size_ = 0;
 };
 
 /// Writes an accumulate-type block to storage, rounding once.
