@@ -109,9 +109,11 @@ inline void aft_check_heads(const char* where, const char* name, Index slots, In
 /// m[c] = max over rows of k[:, c].
 template <class Acc>
 void aft_col_max(const ConstMatrixMap<Acc>& k, Index rows, Acc* m) {
-  Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>> mr(m, k.cols());
-  mr = k.row(0).array();
-  for (Index t = 1; t < rows; ++t) mr = mr.max(k.row(t).array());
+  using Row = Eigen::Array<Acc, 1, Eigen::Dynamic>;
+  const Index d = k.cols();
+  Eigen::Map<Row> mr(m, d);
+  mr = Eigen::Map<const Row>(k.data(), d);
+  for (Index t = 1; t < rows; ++t) mr = mr.max(Eigen::Map<const Row>(k.data() + t * d, d));
 }
 
 /// X[t] = [e^{K[t] - m} * V[t], e^{K[t] - m}, 0...] for t in [lo, hi) (row t at x + t * ldx).
@@ -191,17 +193,21 @@ void aft_finish(const ConstMatrixMap<Acc>& q, const Acc* acc, Index lda, Index r
 
 /// Running per-channel sums for causal AftSimple and its recurrent state: the max m of the keys
 /// seen so far, and num, den shifted by it (rescaled when the max grows), so den >= 1 always.
+/// Rows come in and out through plain pointers and every expression writes into the members, so
+/// the batch and the token-by-token paths evaluate identically (bitwise equal results).
 template <class Acc>
 class AftRunning {
   using Row = Eigen::Array<Acc, 1, Eigen::Dynamic>;
+  using CMap = Eigen::Map<const Row>;
 
  public:
-  explicit AftRunning(Index d) : m_(d), num_(d), den_(d), alpha_(d), e_(d) {}
+  explicit AftRunning(Index d) : d_(d), m_(d), num_(d), den_(d), alpha_(d), e_(d) {}
   void reset() { n_ = 0; }
   Index steps() const { return n_; }
 
-  template <class KRow, class VRow>
-  void push(const KRow& k, const VRow& v) {
+  /// Adds key / value row t (D values each).
+  void push(const Acc* kp, const Acc* vp) {
+    const CMap k(kp, d_), v(vp, d_);
     if (n_ == 0) {
       m_ = k;
       num_ = v;
@@ -217,14 +223,14 @@ class AftRunning {
     ++n_;
   }
 
-  /// y = sigma(q) * num / den.
-  template <class QRow, class YRow>
-  void emit(const QRow& q, YRow&& y) const {
-    using Out = typename std::decay_t<YRow>::Scalar;
-    y = (num_ / den_ * (Acc(1) + (-q).exp()).inverse()).template cast<Out>();
+  /// y = sigma(q) * num / den (D values).
+  void emit(const Acc* qp, Acc* y) {
+    e_ = num_ / den_ * (Acc(1) + (-CMap(qp, d_)).exp()).inverse();
+    std::copy(e_.data(), e_.data() + d_, y);
   }
 
  private:
+  Index d_;
   Row m_, num_, den_, alpha_, e_;
   Index n_ = 0;
 };
@@ -249,7 +255,7 @@ class AftSimple : public Attention<AftSimple<T>, T> {
    public:
     using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 
-    explicit State(Index d) : d_(check_dim(d)), run_(d) {}
+    explicit State(Index d) : d_(check_dim(d)), run_(d), buf_(static_cast<size_t>(3 * d)) {}
     Index dim() const { return d_; }
     /// Tokens consumed so far.
     Index steps() const { return run_.steps(); }
@@ -258,9 +264,13 @@ class AftSimple : public Attention<AftSimple<T>, T> {
 
     /// Consumes token t (q, k, v: D values each) and writes y_t (D values).
     void step(const T* q, const T* k, const T* v, T* y) {
-      using Row = Eigen::Array<T, 1, Eigen::Dynamic>;
-      run_.push(Eigen::Map<const Row>(k, d_).template cast<Acc>(), Eigen::Map<const Row>(v, d_).template cast<Acc>());
-      run_.emit(Eigen::Map<const Row>(q, d_).template cast<Acc>(), Eigen::Map<Row>(y, d_));
+      using In = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>;
+      Eigen::Map<Row>(buf_.data(), d_) = In(k, d_).template cast<Acc>();
+      Eigen::Map<Row>(buf_.data() + d_, d_) = In(v, d_).template cast<Acc>();
+      Eigen::Map<Row>(buf_.data() + 2 * d_, d_) = In(q, d_).template cast<Acc>();
+      run_.push(buf_.data(), buf_.data() + d_);
+      run_.emit(buf_.data() + 2 * d_, buf_.data());
+      Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>(y, d_) = Eigen::Map<const Row>(buf_.data(), d_).template cast<T>();
     }
     /// As above, with every vector's size checked against D.
     void step(const Eigen::Ref<const Vector>& q, const Eigen::Ref<const Vector>& k, const Eigen::Ref<const Vector>& v,
@@ -280,6 +290,7 @@ class AftSimple : public Attention<AftSimple<T>, T> {
     }
     Index d_;
     detail::AftRunning<Acc> run_;
+    std::vector<Acc> buf_;  // k, v, q converted to Acc; then y
   };
 
   Shape4 check_inputs(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v) const {
@@ -290,7 +301,7 @@ class AftSimple : public Attention<AftSimple<T>, T> {
     const Shape4 s = shape_of(q);
     // One item = one (b, h).
     detail::parallel_for(parallel, s.B * s.H, [&] {
-      return [&, ws = Workspace(s.N, s.D)](Index item) mutable {
+      return [&, ws = Workspace(s.D)](Index item) mutable {
         const Index b = item / s.H, h = item % s.H;
         run_head(head(q, b, h).data(), head(k, b, h).data(), head(v, b, h).data(), s.N, ws, head(out, b, h).data());
       };
@@ -304,8 +315,8 @@ class AftSimple : public Attention<AftSimple<T>, T> {
   static constexpr Index kTile = 64;
 
   struct Workspace {
-    Workspace(Index n, Index d) : y(n, d), m(d), mt(d), alpha(d), num(d), den(d), ratio(d), run(d) {}
-    RowMatrix<Acc> y;
+    Workspace(Index d) : y(kTile, d), m(d), mt(d), alpha(d), num(d), den(d), ratio(d), run(d) {}
+    RowMatrix<Acc> y;  // one tile of output rows
     Row m, mt, alpha, num, den, ratio;
     detail::AftRunning<Acc> run;
     detail::TileLoader<T> load_q, load_k, load_v;
@@ -319,28 +330,34 @@ class AftSimple : public Attention<AftSimple<T>, T> {
       const auto qq = ws.load_q(qp, n, d);
       ws.run.reset();
       for (Index t = 0; t < n; ++t) {
-        ws.run.push(kk.row(t).array(), vv.row(t).array());
-        ws.run.emit(qq.row(t).array(), ws.y.row(t).array());
+        ws.run.push(kk.data() + t * d, vv.data() + t * d);
+        ws.run.emit(qq.data() + t * d, ws.y.data() + (t % kTile) * d);
+        if ((t + 1) % kTile == 0 || t + 1 == n) {
+          const Index t0 = t / kTile * kTile;
+          detail::store_rows(ws.y.topRows(t + 1 - t0), op + t0 * d);
+        }
       }
     } else {
+      using Map = Eigen::Map<const Row>;
       for (Index t0 = 0; t0 < n; t0 += kTile) {
         const Index rows = std::min(kTile, n - t0);
         const auto kt = ws.load_k(kp + t0 * d, rows, d);
         const auto vt = ws.load_v(vp + t0 * d, rows, d);
-        ws.mt = kt.colwise().maxCoeff().array();
+        detail::aft_col_max(kt, rows, ws.mt.data());
         if (t0 == 0) {
           ws.m = ws.mt;
           ws.num.setZero();
           ws.den.setZero();
         } else {
-          ws.alpha = (ws.m - ws.m.max(ws.mt)).exp();
-          ws.m = ws.m.max(ws.mt);
+          ws.mt = ws.mt.max(ws.m);
+          ws.alpha = (ws.m - ws.mt).exp();
+          ws.m = ws.mt;
           ws.num *= ws.alpha;
           ws.den *= ws.alpha;
         }
         for (Index r = 0; r < rows; ++r) {
-          ws.alpha = (kt.row(r).array() - ws.m).exp();
-          ws.num += ws.alpha * vt.row(r).array();
+          ws.alpha = (Map(kt.data() + r * d, d) - ws.m).exp();
+          ws.num += ws.alpha * Map(vt.data() + r * d, d);
           ws.den += ws.alpha;
         }
       }
@@ -348,11 +365,11 @@ class AftSimple : public Attention<AftSimple<T>, T> {
       for (Index t0 = 0; t0 < n; t0 += kTile) {
         const Index rows = std::min(kTile, n - t0);
         const auto qt = ws.load_q(qp + t0 * d, rows, d);
-        ws.y.middleRows(t0, rows).array() =
-            (Acc(1) + (-qt.array()).exp()).inverse().rowwise() * ws.ratio;
+        for (Index r = 0; r < rows; ++r)
+          Eigen::Map<Row>(ws.y.data() + r * d, d) = ws.ratio / (Acc(1) + (-Map(qt.data() + r * d, d)).exp());
+        detail::store_rows(ws.y.topRows(rows), op + t0 * d);
       }
     }
-    detail::store_rows(ws.y, op);
   }
 };
 
@@ -440,7 +457,10 @@ class AftFull : public Attention<AftFull<T>, T> {
 
  private:
   static constexpr Index kBlockQ = 4 * detail::kLanes<Acc>;  // queries per panel (vp_product's block)
-  static constexpr Index kBlockK = 128;                      // keys per product: the panel tile stays in L1
+#ifndef SF_AFT_BK
+#define SF_AFT_BK 64
+#endif
+  static constexpr Index kBlockK = SF_AFT_BK;  // keys per product: the panel tile stays in L1
   // Query rows per work item: X is rebuilt per item (N D exponentials), so an item should carry
   // enough rows to amortise it, and there should still be several items per head for threads.
   static constexpr Index kChunk = 4 * kBlockQ;

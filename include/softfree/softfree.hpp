@@ -10,4 +10,5 @@
 #include "core/tensor.hpp"
 #include "softmax.hpp"
 #include "sima.hpp"
+#include "aft.hpp"
 #include "make_attention.hpp"
