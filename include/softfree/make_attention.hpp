@@ -8,18 +8,21 @@
 #include "core/attention.hpp"
 #include "aft.hpp"
 #include "sima.hpp"
+#include "soft.hpp"
 #include "softmax.hpp"
 
 namespace softfree {
 
 namespace detail {
-inline const char* const kAttentionNames[] = {"softmax", "sima", "aft-full", "aft-local", "aft-simple", "aft-conv"};
+inline const char* const kAttentionNames[] = {"softmax", "sima", "soft-gaussian", "soft-nystrom", "aft-full", "aft-local", "aft-simple", "aft-conv"};
 }  // namespace detail
 
 template <class T = float>
 AnyAttention<T> make_attention(const std::string& name) {
   if (name == "softmax") return AnyAttention<T>(SoftmaxAttention<T>{}, name);
   if (name == "sima") return AnyAttention<T>(SimA<T>{}, name);
+  if (name == "soft-gaussian") return AnyAttention<T>(SoftGaussian<T>{}, name);
+  if (name == "soft-nystrom") return AnyAttention<T>(SoftNystrom<T>{}, name);
   if (name == "aft-full") return AnyAttention<T>(AftFull<T>{}, name);
   if (name == "aft-local") return AnyAttention<T>(AftLocal<T>{}, name);
   if (name == "aft-simple") return AnyAttention<T>(AftSimple<T>{}, name);

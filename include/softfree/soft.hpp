@@ -9,11 +9,11 @@
 // so a score tile is one product K QT (core/microkernels.hpp) plus two norms, and the weights go
 // straight into OT += V^T PT. Every exponent is <= 0, so no running max is needed; it is clamped
 // at 0 from above so rounding in the expansion can never produce a weight above 1.
-// SoftNystrom is that kernel twice: R V = SoftGaussian(landmarks of Q, K, V) (m rows), then
-// O = SoftGaussian(Q, landmarks of K, Y) with Y = pinv(A) (R V) (m values): linear in N.
+// SoftNystrom runs the same tile loop twice: R V = SoftGaussian(Qt, K, V) with the m landmarks as
+// one block of queries, then, with the landmarks Kt as the block and Q's rows as key tiles, the
+// weight tiles are rows of P and O = P Y (Y = pinv(A) (R V), m x D) is one product per tile.
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -165,36 +165,42 @@ NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Deriv
 
 namespace detail {
 
-/// One block of up to kBlockQ queries against any number of keys: OT += sum_j k(q, k_j) v_j^T.
+/// One block of up to `width` queries against any number of keys, either summed into
+/// OT += sum_j k(q, k_j) v_j^T (add) or handed out as a weight tile W[j, i] = k(q_i, k_j) (weigh).
 /// Keys and values may be storage (converted tile by tile) or accumulate type (used in place).
 template <class Acc>
 class GaussianBlock {
  public:
-  // Four packets of queries (64 with AVX-512 float) and 128-key tiles: QT, OT and the weight
-  // tile stay in L1, as in SoftmaxAttention.
+  // Default width: four packets of queries (64 with AVX-512 float). 128-key tiles: QT, OT and the
+  // weight tile stay in L1, as in SoftmaxAttention.
   static constexpr Index kBlockQ = 4 * kLanes<Acc>;
   static constexpr Index kBlockK = 128;
 
-  explicit GaussianBlock(Index d)
-      : d_(d), s_(static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(d)))),
-        qt_(static_cast<size_t>(d * kBlockQ)), ot_(qt_.size()), st_(static_cast<size_t>(kBlockK * kBlockQ)),
-        qn_(kBlockQ), kn_(kBlockK), o_(kBlockQ, d) {}
+  /// Head dim d; width is rounded up to a multiple of the packet width.
+  explicit GaussianBlock(Index d, Index width = kBlockQ)
+      : d_(d), bq_((width + kLanes<Acc> - 1) / kLanes<Acc> * kLanes<Acc>),
+        s_(static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(d)))), qt_(static_cast<size_t>(d * bq_)),
+        ot_(qt_.size()), st_(static_cast<size_t>(kBlockK * bq_)), qn_(static_cast<size_t>(bq_)), kn_(kBlockK),
+        o_(bq_, d) {}
 
-  /// Starts a block: q (rows <= kBlockQ, d columns) is transposed with s folded in, its half
+  /// Leading dimension of the weight tile (width rounded up).
+  Index width() const { return bq_; }
+
+  /// Starts a block: q (rows <= width, d columns) is transposed with s folded in, its half
   /// squared norms s|q|^2/2 kept, the accumulator cleared. Padding columns are zero queries.
   void start(const ConstMatrixMap<Acc>& q) {
     rows_ = q.rows();
     Acc* qt = qt_.data();
     for (Index c = 0; c < d_; ++c) {
-      for (Index r = 0; r < rows_; ++r) qt[c * kBlockQ + r] = q(r, c) * s_;
-      std::fill(qt + c * kBlockQ + rows_, qt + (c + 1) * kBlockQ, Acc(0));
+      for (Index r = 0; r < rows_; ++r) qt[c * bq_ + r] = q(r, c) * s_;
+      std::fill(qt + c * bq_ + rows_, qt + (c + 1) * bq_, Acc(0));
     }
     std::fill(qn_.begin(), qn_.end(), Acc(0));
     for (Index r = 0; r < rows_; ++r) qn_[static_cast<size_t>(r)] = q.row(r).squaredNorm() * (s_ / 2);
     std::fill(ot_.begin(), ot_.end(), Acc(0));
   }
 
-  /// Adds keys k[0, nk) with values v[0, nk) (both nk x d, contiguous rows).
+  /// Adds keys k[0, nk) with values v[0, nk) (both nk x d, contiguous rows) into the block.
   template <class TK>
   void add(const TK* k, const TK* v, Index nk, TileLoader<TK>& load_k, TileLoader<TK>& load_v) {
     static_assert(std::is_same<accum_t<TK>, Acc>::value, "keys must accumulate in the block's type");
@@ -202,44 +208,43 @@ class GaussianBlock {
       const Index nj = std::min(kBlockK, nk - j0);
       const auto kt = load_k(k + j0 * d_, nj, d_);
       const auto vt = load_v(v + j0 * d_, nj, d_);
-      add_tile(kt, vt);
+      vp_product(vt.data(), d_, nj, d_, weigh(kt), bq_, ot_.data());
     }
   }
 
-  /// The block's result, rows x d.
-  auto result() {
-    for (Index r = 0; r < rows_; ++r)
-      for (Index c = 0; c < d_; ++c) o_(r, c) = ot_[static_cast<size_t>(c * kBlockQ + r)];
-    return o_.topRows(rows_);
-  }
-
- private:
-  void add_tile(const ConstMatrixMap<Acc>& kt, const ConstMatrixMap<Acc>& vt) {
+  /// The weight tile of keys kt (at most kBlockK rows): W[j, i] = k(q_i, k_j), row j at
+  /// W + j * width(); columns past the block's rows hold weights of zero queries.
+  const Acc* weigh(const ConstMatrixMap<Acc>& kt) {
     using P = Packet<Acc>;
     namespace ei = Eigen::internal;
-    constexpr Index L = kLanes<Acc>, bq = kBlockQ;
-    constexpr int NQ = static_cast<int>(bq / L);
+    constexpr Index L = kLanes<Acc>;
     // Below this exp underflows: exp_nonpositive would return the smallest normal, so flush to 0.
     const P lowest = ei::pset1<P>(std::is_same<Acc, float>::value ? Acc(-87.3) : Acc(-708));
     const P zero = ei::pset1<P>(Acc(0));
     const Index nj = kt.rows();
     for (Index j = 0; j < nj; ++j) kn_[static_cast<size_t>(j)] = kt.row(j).squaredNorm() * (s_ / 2);
     Acc* st = st_.data();
-    kq_product(kt.data(), d_, nj, qt_.data(), bq, d_, st);
-    P qn[NQ];
-    for (int p = 0; p < NQ; ++p) qn[p] = ei::pload<P>(qn_.data() + p * L);
+    kq_product(kt.data(), d_, nj, qt_.data(), bq_, d_, st);
     for (Index j = 0; j < nj; ++j) {
       const P kn = ei::pset1<P>(kn_[static_cast<size_t>(j)]);
-      for (int p = 0; p < NQ; ++p) {
-        Acc* x = st + j * bq + p * L;
-        const P e = ei::pmin(ei::psub(ei::psub(ei::pload<P>(x), kn), qn[p]), zero);
+      for (Index i = 0; i < bq_; i += L) {
+        Acc* x = st + j * bq_ + i;
+        const P e = ei::pmin(ei::psub(ei::psub(ei::pload<P>(x), kn), ei::pload<P>(qn_.data() + i)), zero);
         ei::pstore(x, ei::pand(exp_nonpositive(e), ei::pcmp_le(lowest, e)));
       }
     }
-    vp_product(vt.data(), d_, nj, d_, st, bq, ot_.data());
+    return st;
   }
 
-  Index d_, rows_ = 0;
+  /// The block's summed result (add), rows x d.
+  auto result() {
+    for (Index r = 0; r < rows_; ++r)
+      for (Index c = 0; c < d_; ++c) o_(r, c) = ot_[static_cast<size_t>(c * bq_ + r)];
+    return o_.topRows(rows_);
+  }
+
+ private:
+  Index d_, bq_, rows_ = 0;
   Acc s_;
   AlignedBuffer<Acc> qt_, ot_, st_, qn_, kn_;
   RowMatrix<Acc> o_;
@@ -317,7 +322,9 @@ struct Landmarks {
   static Landmarks grid(Index rows, Index cols, Index r) {
     Landmarks l;
     l.kind = Kind::Grid;
-    l.rows = rows, l.cols = cols, l.r = r;
+    l.rows = rows;
+    l.cols = cols;
+    l.r = r;
     return l;
   }
   /// The caller's landmarks for q and for k, each [B, H, m, D] (Tensor4 or TensorMap of any
@@ -409,23 +416,24 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
                const View4<T>& out) const {
     const Shape4 sq = shape_of(q);
     const Index nk = shape_of(k).N, d = sq.D, heads = sq.B * sq.H, m = landmark_count(sq.N);
-    // Per head, pass 1 leaves Kt and Y = pinv(A) (R V) (m x d each) here for pass 2.
-    std::vector<Acc> kt_all(static_cast<size_t>(heads * m * d)), y_all(kt_all.size());
+    const Index dp = (d + detail::kLanes<Acc> - 1) / detail::kLanes<Acc> * detail::kLanes<Acc>;
+    // Per head, pass 1 leaves Kt (m x d) and Y = pinv(A) (R V) (m x dp, zero-padded to whole
+    // packets so pass 2 can use it as a packet operand) here for pass 2.
+    std::vector<Acc> kt_all(static_cast<size_t>(heads * m * d));
+    detail::AlignedBuffer<Acc> y_all(static_cast<size_t>(heads * m * dp), Acc(0));
     std::vector<detail::NewtonStats> stats(static_cast<size_t>(heads));
 
-    // Pass 1, one item per (b, h): landmarks, R V, A, its pseudo-inverse, Y.
+    // Pass 1, one item per (b, h): landmarks, R V = SoftGaussian(Qt, K, V) with the m landmarks
+    // as one block of queries, A = k(Qt, Kt), its pseudo-inverse, Y.
     detail::parallel_for(parallel, heads, [&] {
       return [&, ws = HeadWorkspace(m, d)](Index bh) mutable {
         const Index b = bh / sq.H, h = bh % sq.H;
         pool(q, b, h, /*for_q=*/true, ws.load, ws.ql);
         MatrixMap<Acc> kt(kt_all.data() + bh * m * d, m, d);
         pool(k, b, h, /*for_q=*/false, ws.load, kt);
-        for (Index i0 = 0; i0 < m; i0 += Block::kBlockQ) {  // R V = SoftGaussian(Qt, K, V)
-          const Index rows = std::min(Block::kBlockQ, m - i0);
-          ws.block.start(ConstMatrixMap<Acc>(ws.ql.data() + i0 * d, rows, d));
-          ws.block.add(head(k, b, h).data(), head(v, b, h).data(), nk, ws.load_k, ws.load_v);
-          ws.rv.middleRows(i0, rows) = ws.block.result();
-        }
+        ws.block.start(ConstMatrixMap<Acc>(ws.ql.data(), m, d));
+        ws.block.add(head(k, b, h).data(), head(v, b, h).data(), nk, ws.load_k, ws.load_v);
+        ws.rv = ws.block.result();
         const Acc s = static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(d)));
         ws.a.noalias() = s * ws.ql * kt.transpose();
         ws.qn = ws.ql.rowwise().squaredNorm() * (s / 2);
@@ -439,19 +447,25 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
           ws.qn = ws.a.rowwise().sum().cwiseSqrt().cwiseInverse();
           ws.newton.v = ws.qn.asDiagonal() * ws.newton.v * ws.qn.asDiagonal();
         }
-        MatrixMap<Acc>(y_all.data() + bh * m * d, m, d).noalias() = ws.newton.v * ws.rv;
+        MatrixMap<Acc>(y_all.data() + bh * m * dp, m, dp).leftCols(d).noalias() = ws.newton.v * ws.rv;
       };
     });
 
-    // Pass 2, one item per block of query rows of one (b, h): O = SoftGaussian(Q, Kt, Y).
-    const Index bq = Block::kBlockQ, q_blocks = (sq.N + bq - 1) / bq;
-    detail::parallel_for(parallel, heads * q_blocks, [&] {
-      return [&, ws = RowWorkspace(d)](Index item) mutable {
-        const Index bh = item / q_blocks, b = bh / sq.H, h = bh % sq.H;
-        const Index i0 = (item % q_blocks) * bq, rows = std::min(bq, sq.N - i0);
-        ws.block.start(ws.load_q(head(q, b, h).data() + i0 * d, rows, d));
-        ws.block.add(kt_all.data() + bh * m * d, y_all.data() + bh * m * d, m, ws.load_acc, ws.load_acc);
-        detail::store_rows(ws.block.result(), head(out, b, h).data() + i0 * d);
+    // Pass 2, one item per kRowsPerItem query rows of one (b, h): the m landmarks Kt are the
+    // block (transposed once per item), the query rows come as key tiles, so the weight tile is
+    // P's rows (tile x m) and O = P Y is one product per tile, with no transposition of Q or O.
+    const Index row_blocks = (sq.N + kRowsPerItem - 1) / kRowsPerItem;
+    detail::parallel_for(parallel, heads * row_blocks, [&] {
+      return [&, ws = RowWorkspace(m, d, dp)](Index item) mutable {
+        const Index bh = item / row_blocks, b = bh / sq.H, h = bh % sq.H;
+        const Index end = std::min(sq.N, (item % row_blocks + 1) * kRowsPerItem);
+        ws.block.start(ConstMatrixMap<Acc>(kt_all.data() + bh * m * d, m, d));
+        for (Index i0 = (item % row_blocks) * kRowsPerItem; i0 < end; i0 += Block::kBlockK) {
+          const Index rows = std::min(Block::kBlockK, end - i0);
+          const Acc* p = ws.block.weigh(ws.load_q(head(q, b, h).data() + i0 * d, rows, d));
+          detail::kq_product(p, ws.block.width(), rows, y_all.data() + bh * m * dp, dp, m, ws.o.data());
+          detail::store_rows(MatrixMap<Acc>(ws.o.data(), rows, dp).leftCols(d), head(out, b, h).data() + i0 * d);
+        }
       };
     });
 
@@ -486,8 +500,10 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
   using Block = detail::GaussianBlock<Acc>;
   using Vector = Eigen::Matrix<Acc, Eigen::Dynamic, 1>;
 
+  static constexpr Index kRowsPerItem = 2 * Block::kBlockK;
+
   struct HeadWorkspace {
-    HeadWorkspace(Index m, Index d) : block(d), ql(m, d), rv(m, d), a(m, m), qn(m), kn(m) {}
+    HeadWorkspace(Index m, Index d) : block(d, m), ql(m, d), rv(m, d), a(m, m), qn(m), kn(m) {}
     Block block;
     RowMatrix<Acc> ql, rv, a;
     Vector qn, kn;
@@ -495,10 +511,10 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
     detail::TileLoader<T> load, load_k, load_v;
   };
   struct RowWorkspace {
-    explicit RowWorkspace(Index d) : block(d) {}
+    RowWorkspace(Index m, Index d, Index dp) : block(d, m), o(static_cast<size_t>(Block::kBlockK * dp)) {}
     Block block;
+    detail::AlignedBuffer<Acc> o;
     detail::TileLoader<T> load_q;
-    detail::TileLoader<Acc> load_acc;  // zero-copy: Kt and Y are already accumulate type
   };
 
   // The m x d landmarks of x's (b, h) slice, in the accumulate type.
@@ -515,7 +531,10 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
     } else if (l.kind == Landmarks::Kind::Segments) {
       for (Index i = 0; i < l.m; ++i) {
         const Index start = i * n / l.m, end = ((i + 1) * n + l.m - 1) / l.m;
-        dst.row(i) = load(src + start * d, end - start, d).colwise().sum() / static_cast<Acc>(end - start);
+        const auto seg = load(src + start * d, end - start, d);
+        dst.row(i) = seg.row(0);
+        for (Index t = 1; t < seg.rows(); ++t) dst.row(i) += seg.row(t);  // rows: contiguous packets
+        dst.row(i) /= static_cast<Acc>(end - start);
       }
     } else {
       const Index pcols = l.cols / l.r, width = pcols * l.r;

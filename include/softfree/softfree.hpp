@@ -10,5 +10,6 @@
 #include "core/tensor.hpp"
 #include "softmax.hpp"
 #include "sima.hpp"
+#include "soft.hpp"
 #include "aft.hpp"
 #include "make_attention.hpp"

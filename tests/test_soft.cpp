@@ -1,0 +1,390 @@
+// SOFT: SoftGaussian, SoftNystrom (every landmark mode) and newton_pinv against the plain-loop
+// double references of tests/reference/soft_ref.hpp, for every storage type.
+#include <softfree/soft.hpp>
+
+#include "reference/soft_ref.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace softfree_test;
+using softfree::Landmarks;
+using softfree::NewtonInit;
+using softfree::NewtonOptions;
+using softfree::SoftGaussian;
+using softfree::SoftNystrom;
+
+// Row-major Eigen matrix <-> reference Matrix.
+softfree_ref::Matrix ref_matrix(const softfree::RowMatrix<double>& a) {
+  softfree_ref::Matrix r(a.rows(), a.cols());
+  for (Index i = 0; i < a.rows(); ++i)
+    for (Index j = 0; j < a.cols(); ++j) r(i, j) = a(i, j);
+  return r;
+}
+
+// Kernel matrix k(x, y) of two [1, 1, n, D] reference tensors, in double: a typical A.
+softfree::RowMatrix<double> kernel_matrix(const softfree_ref::Tensor& x, const softfree_ref::Tensor& y) {
+  const softfree_ref::Matrix k = softfree_ref::gaussian_kernel_matrix(x, y, 0, 0);
+  softfree::RowMatrix<double> a(k.rows, k.cols);
+  for (Index i = 0; i < k.rows; ++i)
+    for (Index j = 0; j < k.cols; ++j) a(i, j) = k(i, j);
+  return a;
+}
+
+double max_abs_diff(const softfree::RowMatrix<double>& a, const softfree_ref::Matrix& b) {
+  return softfree_ref::max_abs_diff(ref_matrix(a), b);
+}
+
+template <class T>
+class SoftTyped : public ::testing::Test {};
+TYPED_TEST_SUITE(SoftTyped, StorageTypes, TypeName);
+
+// ------------------------------------------------------------------ SoftGaussian
+
+TYPED_TEST(SoftTyped, GaussianMatchesReference) {
+  using T = TypeParam;
+  // N = 130 spans two query blocks and two key tiles; D = 59 is not a packet multiple.
+  for (auto [n, d] : {std::pair<Index, Index>{7, 16}, {130, 59}}) {
+    const auto q = random_tensor<T>(2, 2, n, d, 1), k = random_tensor<T>(2, 2, n, d, 2),
+               v = random_tensor<T>(2, 2, n, d, 3);
+    EXPECT_TRUE(close_to_ref(SoftGaussian<T>{}(q, k, v), softfree_ref::soft_gaussian(to_ref(q), to_ref(k), to_ref(v))))
+        << "N = " << n << ", D = " << d;
+  }
+}
+
+TYPED_TEST(SoftTyped, GaussianCrossAndTied) {
+  using T = TypeParam;
+  const auto q = random_tensor<T>(1, 3, 20, 8, 4), k = random_tensor<T>(1, 3, 150, 8, 5),
+             v = random_tensor<T>(1, 3, 150, 8, 6);
+  EXPECT_TRUE(close_to_ref(SoftGaussian<T>{}(q, k, v), softfree_ref::soft_gaussian(to_ref(q), to_ref(k), to_ref(v))));
+  const auto x = random_tensor<T>(1, 2, 33, 8, 7), w = random_tensor<T>(1, 2, 33, 8, 8);
+  EXPECT_TRUE(close_to_ref(SoftGaussian<T>{}(x, x, w), softfree_ref::soft_gaussian(to_ref(x), to_ref(x), to_ref(w))));
+}
+
+TYPED_TEST(SoftTyped, GaussianFarApartKeysGiveExactZeros) {
+  using T = TypeParam;
+  // ||q - k||^2 / (2 sqrt D) >= 64 * 16 / 16 = 64 for the close pair and far more for the others:
+  // every weight underflows in float, so the output must be 0, not the packet exp's tiny floor.
+  const auto q = random_tensor<T>(1, 1, 9, 64, 9, 6.0, 8.0), k = random_tensor<T>(1, 1, 9, 64, 10, -16.0, -2.0),
+             v = random_tensor<T>(1, 1, 9, 64, 11);
+  const auto ref = softfree_ref::soft_gaussian(to_ref(q), to_ref(k), to_ref(v));
+  const auto out = SoftGaussian<T>{}(q, k, v);
+  for (Index i = 0; i < out.size(); ++i) {
+    ASSERT_LT(std::abs(ref.data[static_cast<size_t>(i)]), 1e-300);
+    ASSERT_EQ(static_cast<double>(out.data()[i]), 0.0) << "element " << i;
+  }
+}
+
+TEST(SoftGaussian, ThreadCountDoesNotChangeBits) {
+  const auto q = random_tensor<float>(2, 3, 200, 32, 12), k = random_tensor<float>(2, 3, 200, 32, 13),
+             v = random_tensor<float>(2, 3, 200, 32, 14);
+  SoftGaussian<float> f;
+  const auto one = f(q, k, v);
+  f.parallel = softfree::Parallel::with_threads(2);
+  EXPECT_TRUE(bitwise_equal(one, f(q, k, v)));
+}
+
+// ------------------------------------------------------------------ newton_pinv
+
+// Well-conditioned SPD matrix: M M^T / n + I, eigenvalues in [1, 1 + n].
+softfree::RowMatrix<double> spd(Index n, unsigned seed) {
+  const auto t = random_tensor<double>(1, 1, n, n, seed);
+  const softfree::ConstMatrixMap<double> m(t.data(), n, n);
+  return m * m.transpose() / static_cast<double>(n) + softfree::RowMatrix<double>::Identity(n, n);
+}
+
+TEST(NewtonPinv, ConvergesToTheRegularisedInverse) {
+  for (Index n : {1, 5, 16}) {
+    const auto a = spd(n, 20 + static_cast<unsigned>(n));
+    softfree_ref::Matrix p = ref_matrix(a);
+    for (Index i = 0; i < n; ++i) p(i, i) += 0.01;
+    const softfree_ref::Matrix exact = softfree_ref::inverse_lu(p);
+    NewtonOptions o;
+    o.steps = 40;
+    const auto r = softfree::newton_pinv(a, o);
+    EXPECT_LT(max_abs_diff(r.inverse, exact), 1e-12 * softfree_ref::max_abs(exact)) << "n = " << n;
+    EXPECT_LT(r.residual, 1e-12);
+    EXPECT_TRUE(r.converged);
+    EXPECT_EQ(r.steps, 40);
+    // float: unit roundoff 6e-8 times cond(P) <= 1 + n (< 20), with margin.
+    const auto rf = softfree::newton_pinv(softfree::RowMatrix<float>(a.cast<float>()), o);
+    EXPECT_LT(max_abs_diff(rf.inverse.cast<double>(), exact), 1e-5 * softfree_ref::max_abs(exact)) << "n = " << n;
+  }
+}
+
+TEST(NewtonPinv, MatchesReferenceIteratesAndReportsNonConvergence) {
+  // A typical SOFT A: the kernel matrix of 12 landmarks.
+  const auto x = to_ref(random_tensor<double>(1, 1, 12, 16, 30));
+  const auto a = kernel_matrix(x, x);
+  for (NewtonInit init : {NewtonInit::Current, NewtonInit::PaperEra}) {
+    for (int steps : {0, 6, 20}) {
+      NewtonOptions o;
+      o.steps = steps;
+      o.init = init;
+      const auto r = softfree::newton_pinv(a, o);
+      const auto ref = softfree_ref::newton_pinv(ref_matrix(a), steps, o.lambda,
+                                                 init == NewtonInit::Current ? softfree_ref::PinvInit::Current
+                                                                             : softfree_ref::PinvInit::PaperEra);
+      EXPECT_LT(max_abs_diff(r.inverse, ref.inverse), 1e-12 * softfree_ref::max_abs(ref.inverse))
+          << "steps = " << steps;
+      EXPECT_EQ(r.steps, ref.steps);
+      EXPECT_NEAR(r.residual, ref.residual, 1e-10 * (1 + ref.residual));
+      EXPECT_EQ(r.converged, ref.residual < NewtonOptions::kConvergedResidual);
+    }
+  }
+  // Six steps are not enough on this matrix: the result says so.
+  NewtonOptions six;
+  six.steps = 6;
+  const auto r6 = softfree::newton_pinv(a, six);
+  EXPECT_FALSE(r6.converged);
+  EXPECT_GT(r6.residual, 0.1);
+}
+
+TEST(NewtonPinv, EarlyStopOnTolerance) {
+  const auto a = spd(10, 40);
+  NewtonOptions o;
+  o.steps = 100;
+  o.tolerance = 1e-9;
+  const auto r = softfree::newton_pinv(a, o);
+  const auto ref = softfree_ref::newton_pinv(ref_matrix(a), 100, o.lambda, softfree_ref::PinvInit::Current, 1e-9);
+  EXPECT_EQ(r.steps, ref.steps);
+  EXPECT_LT(r.steps, 100);
+  EXPECT_LT(r.residual, 1e-9);
+  EXPECT_TRUE(r.converged);
+}
+
+TEST(NewtonPinv, ZeroMatrix) {
+  // All kernel values underflowed: (0 + lambda I)^-1 = I / lambda; with lambda = 0, pinv(0) = 0.
+  const softfree::RowMatrix<float> z = softfree::RowMatrix<float>::Zero(3, 3);
+  const auto r = softfree::newton_pinv(z);
+  EXPECT_TRUE(r.inverse.isApprox(softfree::RowMatrix<float>::Identity(3, 3) * 100.0f, 1e-5f));
+  NewtonOptions o;
+  o.lambda = 0;
+  const auto r0 = softfree::newton_pinv(z, o);
+  EXPECT_TRUE(r0.inverse.isZero());
+  EXPECT_FALSE(r0.converged);
+}
+
+TEST(NewtonPinv, RejectsBadInput) {
+  const softfree::RowMatrix<double> a = softfree::RowMatrix<double>::Identity(3, 3);
+  EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(softfree::RowMatrix<double>(2, 3)); }, {"2 x 3", "square"}));
+  NewtonOptions o;
+  o.steps = -1;
+  EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(a, o); }, {"steps = -1"}));
+  o = {};
+  o.lambda = std::nan("");
+  EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(a, o); }, {"lambda = nan"}));
+  o = {};
+  o.tolerance = -1;
+  EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(a, o); }, {"tolerance = -1"}));
+}
+
+// ------------------------------------------------------------------ SoftNystrom
+
+// Inputs in [-2, 2) keep the landmarks apart, so A is well conditioned (cond ~ 10) and the
+// storage-type tolerances hold after the pseudo-inverse amplifies the kernel's rounding.
+template <class T>
+Tensor4<T> spread(Index b, Index h, Index n, Index d, unsigned seed) {
+  return random_tensor<T>(b, h, n, d, seed, -2.0, 2.0);
+}
+
+// Keys near the queries: SPEC's start V0 = alpha P converges only when the eigenvalues of P^2
+// lie in the right half-plane, which holds for the tied (symmetric) case SOFT was built for and
+// for nearby keys, but not for unrelated q and k (the reference diverges to inf there too).
+template <class T>
+Tensor4<T> near(const Tensor4<T>& q, unsigned seed) {
+  const auto noise = random_tensor<double>(q.dimension(0), q.dimension(1), q.dimension(2), q.dimension(3), seed, -0.1, 0.1);
+  Tensor4<T> k(q.dimensions());
+  for (Index i = 0; i < k.size(); ++i) k.data()[i] = static_cast<T>(static_cast<double>(q.data()[i]) + noise.data()[i]);
+  return k;
+}
+
+template <class T>
+::testing::AssertionResult nystrom_matches(const SoftNystrom<T>& f, const Tensor4<T>& q, const Tensor4<T>& k,
+                                           const Tensor4<T>& v, const softfree_ref::Tensor& ql,
+                                           const softfree_ref::Tensor& kl) {
+  const auto init = f.newton.init == NewtonInit::Current ? softfree_ref::PinvInit::Current
+                                                          : softfree_ref::PinvInit::PaperEra;
+  const auto ref = softfree_ref::soft_nystrom(to_ref(q), to_ref(k), to_ref(v), ql, kl, f.newton.steps,
+                                              f.newton.lambda, init, f.soft_norm);
+  return close_to_ref(f(q, k, v), ref);
+}
+
+// The same with Segments(m) or Grid(rows, cols, r) landmarks, pooled by the reference.
+template <class T>
+::testing::AssertionResult segments_match(SoftNystrom<T> f, const Tensor4<T>& q, const Tensor4<T>& k,
+                                          const Tensor4<T>& v, Index m) {
+  f.landmarks = Landmarks::segments(m);
+  return nystrom_matches(f, q, k, v, softfree_ref::landmarks_segments(to_ref(q), m),
+                         softfree_ref::landmarks_segments(to_ref(k), m));
+}
+template <class T>
+::testing::AssertionResult grid_match(SoftNystrom<T> f, const Tensor4<T>& q, const Tensor4<T>& k, const Tensor4<T>& v,
+                                      Index rows, Index cols, Index r) {
+  f.landmarks = Landmarks::grid(rows, cols, r);
+  return nystrom_matches(f, q, k, v, softfree_ref::landmarks_grid(to_ref(q), rows, cols, r),
+                         softfree_ref::landmarks_grid(to_ref(k), rows, cols, r));
+}
+
+TYPED_TEST(SoftTyped, NystromSegments) {
+  using T = TypeParam;
+  // N = 23, m = 5: uneven, overlapping adaptive-pool segments; q != k.
+  const auto q = spread<T>(2, 2, 23, 16, 50), k = near(q, 51), v = random_tensor<T>(2, 2, 23, 16, 52);
+  SoftNystrom<T> f;
+  EXPECT_TRUE(segments_match(f, q, k, v, 5));
+  // Tied q == k (the paper's P A^+ P^T V), with SOFT-Norm and the paper-era init.
+  f.soft_norm = true;
+  f.newton.init = NewtonInit::PaperEra;
+  EXPECT_TRUE(segments_match(f, q, q, v, 5));
+}
+
+TYPED_TEST(SoftTyped, NystromSegmentsCrossAttention) {
+  using T = TypeParam;
+  // 40 keys that stretch the 11 queries over the sequence (key t near query 11 t / 40), so the
+  // two landmark sets are close, as near() does for equal lengths.
+  const auto q = spread<T>(1, 2, 11, 8, 53), v = random_tensor<T>(1, 2, 40, 8, 55);
+  Tensor4<T> stretched(1, 2, 40, 8);
+  for (Index h = 0; h < 2; ++h)
+    for (Index t = 0; t < 40; ++t)
+      for (Index c = 0; c < 8; ++c) stretched(0, h, t, c) = q(0, h, t * 11 / 40, c);
+  const auto k = near(stretched, 54);
+  EXPECT_TRUE(segments_match(SoftNystrom<T>{}, q, k, v, 4));
+}
+
+TYPED_TEST(SoftTyped, NystromGrid) {
+  using T = TypeParam;
+  // A 5 x 7 image pooled by r = 2: the last image row and column are dropped, m = 2 * 3.
+  const auto q = spread<T>(1, 2, 35, 16, 56), k = near(q, 57), v = random_tensor<T>(1, 2, 35, 16, 58);
+  SoftNystrom<T> f;
+  f.landmarks = Landmarks::grid(5, 7, 2);
+  EXPECT_EQ(f.landmark_count(35), 6);
+  EXPECT_TRUE(grid_match(f, q, k, v, 5, 7, 2));
+  EXPECT_TRUE(grid_match(f, q, k, v, 5, 7, 1));  // r = 1: every token is a landmark
+}
+
+TYPED_TEST(SoftTyped, NystromGivenLandmarks) {
+  using T = TypeParam;
+  const auto q = spread<T>(2, 1, 30, 16, 59), k = near(q, 60), v = random_tensor<T>(2, 1, 30, 16, 61);
+  auto ql = spread<T>(2, 1, 7, 16, 62);
+  const auto kl = near(ql, 63);
+  const auto ql_ref = to_ref(ql), kl_ref = to_ref(kl);
+  SoftNystrom<T> f;
+  f.landmarks = Landmarks::given(ql, kl);
+  ql.setZero();  // given() copied the landmarks
+  EXPECT_TRUE(nystrom_matches(f, q, k, v, ql_ref, kl_ref));
+}
+
+TEST(SoftNystrom, ManyLandmarksAndBlocks) {
+  // m = 70: more than four packets of landmarks; N = 300: several key tiles and row items.
+  const auto q = spread<float>(1, 2, 300, 24, 64), k = near(q, 65), v = random_tensor<float>(1, 2, 300, 24, 66);
+  EXPECT_TRUE(segments_match(SoftNystrom<float>{}, q, k, v, 70));
+}
+
+TYPED_TEST(SoftTyped, NystromWithEveryTokenALandmarkEqualsGaussian) {
+  using T = TypeParam;
+  // m = N segments: Qt = Q, Kt = K, so P = A = R and O = A A^-1 A V = A V (lambda = 0).
+  const auto q = spread<T>(1, 2, 12, 8, 67), v = random_tensor<T>(1, 2, 12, 8, 68);
+  SoftNystrom<T> f;
+  f.landmarks = Landmarks::segments(12);
+  f.newton.lambda = 0;
+  f.newton.steps = 60;
+  softfree::NewtonDiagnostics diag;
+  f.diagnostics = &diag;
+  EXPECT_TRUE(close_to_ref(f(q, q, v), softfree_ref::soft_gaussian(to_ref(q), to_ref(q), to_ref(v))));
+  EXPECT_TRUE(diag.converged);
+  EXPECT_EQ(diag.heads, 2);
+}
+
+TEST(SoftNystrom, DiagnosticsReportTheWorstHead) {
+  const auto q = random_tensor<double>(2, 2, 40, 16, 70), k = near(q, 71), v = random_tensor<double>(2, 2, 40, 16, 72);
+  const auto ql = softfree_ref::landmarks_segments(to_ref(q), 8), kl = softfree_ref::landmarks_segments(to_ref(k), 8);
+  for (int steps : {6, 20}) {
+    double worst = 0;
+    for (Index b = 0; b < 2; ++b)
+      for (Index h = 0; h < 2; ++h) {
+        const auto a = softfree_ref::gaussian_kernel_matrix(ql, kl, b, h);
+        worst = std::max(worst, softfree_ref::newton_pinv(a, steps, 0.01, softfree_ref::PinvInit::Current).residual);
+      }
+    SoftNystrom<double> f;
+    f.landmarks = Landmarks::segments(8);
+    f.newton.steps = steps;
+    softfree::NewtonDiagnostics diag;
+    f.diagnostics = &diag;
+    f(q, k, v);
+    EXPECT_EQ(diag.heads, 4);
+    EXPECT_EQ(diag.steps, steps);
+    EXPECT_NEAR(diag.residual, worst, 1e-9 * (1 + worst));
+    EXPECT_EQ(diag.converged, worst < NewtonOptions::kConvergedResidual);
+    if (steps == 6) {
+      EXPECT_FALSE(diag.converged);  // 6 steps do not converge: visible, not silent
+    }
+  }
+}
+
+TEST(SoftNystrom, ThreadCountDoesNotChangeBits) {
+  const auto q = random_tensor<float>(2, 3, 150, 32, 73), k = random_tensor<float>(2, 3, 150, 32, 74),
+             v = random_tensor<float>(2, 3, 150, 32, 75);
+  SoftNystrom<float> f;
+  f.landmarks = Landmarks::segments(20);
+  const auto one = f(q, k, v);
+  f.parallel = softfree::Parallel::with_threads(2);
+  EXPECT_TRUE(bitwise_equal(one, f(q, k, v)));
+}
+
+// ------------------------------------------------------------------ bad input
+
+TEST(Soft, RejectsBadInput) {
+  const auto q = random_tensor<float>(1, 2, 12, 8, 80);
+  SoftGaussian<float> g;
+  g.causal = true;
+  EXPECT_TRUE(throws_naming([&] { g(q, q, q); }, {"SoftGaussian", "causal"}));
+
+  const auto bad = [&](SoftNystrom<float> f, std::initializer_list<const char*> needles) {
+    return throws_naming([&] { f(q, q, q); }, needles);
+  };
+  SoftNystrom<float> f;
+  f.landmarks = Landmarks::segments(12);
+  EXPECT_NO_THROW(f(q, q, q));
+  f.causal = true;
+  EXPECT_TRUE(bad(f, {"SoftNystrom", "causal"}));
+  f = {};
+  f.landmarks = Landmarks::segments(0);
+  EXPECT_TRUE(bad(f, {"segments(m = 0)", "[1, 2, 12, 8]"}));
+  f.landmarks = Landmarks::segments(13);
+  EXPECT_TRUE(bad(f, {"segments(m = 13)", "[1, 2, 12, 8]"}));
+  f.landmarks = Landmarks::grid(3, 5, 1);
+  EXPECT_TRUE(bad(f, {"grid(rows = 3, cols = 5", "rows * cols = 15", "[1, 2, 12, 8]"}));
+  f.landmarks = Landmarks::grid(3, 4, 0);
+  EXPECT_TRUE(bad(f, {"r = 0"}));
+  f.landmarks = Landmarks::grid(3, 4, 4);
+  EXPECT_TRUE(bad(f, {"r = 4", "min(rows, cols)"}));
+  f.landmarks = Landmarks::given(random_tensor<float>(1, 2, 4, 7, 81), random_tensor<float>(1, 2, 4, 7, 82));
+  EXPECT_TRUE(bad(f, {"q_landmarks has shape [1, 2, 4, 7]"}));
+  f.landmarks = Landmarks::given(random_tensor<float>(1, 2, 4, 8, 81), random_tensor<float>(1, 2, 5, 8, 82));
+  EXPECT_TRUE(bad(f, {"k_landmarks has shape [1, 2, 5, 8]"}));
+  f = {};
+  f.landmarks = Landmarks::segments(4);
+  f.newton.lambda = std::numeric_limits<double>::infinity();
+  EXPECT_TRUE(bad(f, {"newton.lambda = inf"}));
+  f.newton = {};
+  f.newton.steps = -3;
+  EXPECT_TRUE(bad(f, {"newton.steps = -3"}));
+
+  // Grid with cross-attention: the grid must fit k too.
+  f = {};
+  f.landmarks = Landmarks::grid(3, 4, 2);
+  const auto k = random_tensor<float>(1, 2, 20, 8, 83);
+  EXPECT_TRUE(throws_naming([&] { f(q, k, k); }, {"rows * cols = 12", "[1, 2, 20, 8]"}));
+}
+
+TEST(Soft, CheckedBeforeWriting) {
+  const auto q = random_tensor<float>(1, 1, 8, 4, 84);
+  Tensor4<float> out(1, 1, 8, 4);
+  out.setConstant(7.0f);
+  SoftNystrom<float> f;  // default segments(49) > N = 8
+  EXPECT_TRUE(throws_naming([&] { f(q, q, q, softfree::View4<float>(out.data(), out.dimensions())); },
+                            {"segments(m = 49)"}));
+  for (Index i = 0; i < out.size(); ++i) ASSERT_EQ(out.data()[i], 7.0f);
+}
+
+}  // namespace
