@@ -3,10 +3,10 @@
 // choose the method at run time. Learned parameters (AFT biases, conv kernels) default to zeros
 // and are set through the concrete functor.
 #include <string>
-#include <utility>
+#include <vector>
 
-#include "core/attention.hpp"
 #include "aft.hpp"
+#include "core/attention.hpp"
 #include "sima.hpp"
 #include "soft.hpp"
 #include "softmax.hpp"
@@ -14,21 +14,47 @@
 namespace softfree {
 
 namespace detail {
-inline const char* const kAttentionNames[] = {"softmax", "sima", "soft-gaussian", "soft-nystrom", "aft-full", "aft-local", "aft-simple", "aft-conv"};
+
+template <class T, class F>
+AnyAttention<T> make_named(const std::string& name) {
+  return AnyAttention<T>(F{}, name);
+}
+
+template <class T>
+struct NamedAttention {
+  const char* name;
+  AnyAttention<T> (*make)(const std::string&);
+};
+
+/// The registry: each name once, beside the functor it builds.
+template <class T>
+const std::vector<NamedAttention<T>>& attention_registry() {
+  static const std::vector<NamedAttention<T>> entries = {
+      {"softmax", &make_named<T, SoftmaxAttention<T>>}, {"sima", &make_named<T, SimA<T>>},
+      {"soft-gaussian", &make_named<T, SoftGaussian<T>>}, {"soft-nystrom", &make_named<T, SoftNystrom<T>>},
+      {"aft-full", &make_named<T, AftFull<T>>},           {"aft-local", &make_named<T, AftLocal<T>>},
+      {"aft-simple", &make_named<T, AftSimple<T>>},       {"aft-conv", &make_named<T, AftConv<T>>},
+  };
+  return entries;
+}
+
 }  // namespace detail
 
+/// The names make_attention knows, in registry order.
+inline std::vector<std::string> attention_names() {
+  std::vector<std::string> names;
+  for (const auto& e : detail::attention_registry<float>()) names.emplace_back(e.name);
+  return names;
+}
+
+/// The attention called `name`, with default options; throws softfree::invalid_argument listing
+/// the known names when there is none.
 template <class T = float>
 AnyAttention<T> make_attention(const std::string& name) {
-  if (name == "softmax") return AnyAttention<T>(SoftmaxAttention<T>{}, name);
-  if (name == "sima") return AnyAttention<T>(SimA<T>{}, name);
-  if (name == "soft-gaussian") return AnyAttention<T>(SoftGaussian<T>{}, name);
-  if (name == "soft-nystrom") return AnyAttention<T>(SoftNystrom<T>{}, name);
-  if (name == "aft-full") return AnyAttention<T>(AftFull<T>{}, name);
-  if (name == "aft-local") return AnyAttention<T>(AftLocal<T>{}, name);
-  if (name == "aft-simple") return AnyAttention<T>(AftSimple<T>{}, name);
-  if (name == "aft-conv") return AnyAttention<T>(AftConv<T>{}, name);
+  for (const auto& e : detail::attention_registry<T>())
+    if (name == e.name) return e.make(name);
   std::string known;
-  for (const char* n : detail::kAttentionNames) known += (known.empty() ? "" : ", ") + std::string(n);
+  for (const std::string& n : attention_names()) known += (known.empty() ? "" : ", ") + n;
   detail::fail("make_attention", "unknown attention name \"", name, "\"; known names: ", known);
 }
 
