@@ -174,6 +174,66 @@ Acc aft_exact_ratio(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, 
   return num / den;
 }
 
+/// d rounded up to the packet width: the row stride of padded Acc tiles.
+template <class Acc>
+Index aft_pad(Index d) {
+  constexpr Index L = kLanes<Acc>;
+  return (d + L - 1) / L * L;
+}
+
+/// A rows x d block of storage as Acc rows of stride ld (>= d): the source itself when no
+/// conversion or padding is needed, else a copy in buf (padding zero).
+template <class T, class Acc>
+const Acc* aft_rows(const T* src, Index rows, Index d, Index ld, Acc* buf) {
+  if constexpr (std::is_same<T, Acc>::value) {
+    if (ld == d) return src;
+  } else if (ld == d) {
+    convert(src, buf, rows * d);
+    return buf;
+  }
+  for (Index r = 0; r < rows; ++r) {
+    if constexpr (std::is_same<T, Acc>::value)
+      std::copy(src + r * d, src + r * d + d, buf + r * ld);
+    else
+      convert(src + r * d, buf + r * ld, d);
+    std::fill(buf + r * ld + d, buf + r * ld + ld, Acc(0));
+  }
+  return buf;
+}
+
+/// Where to write a rows x d tile of Acc results of stride ld: straight into dst when no
+/// conversion or padding is needed, else into buf (then aft_store_rows copies it out).
+template <class T, class Acc>
+Acc* aft_out_rows(T* dst, Index d, Index ld, Acc* buf) {
+  if constexpr (std::is_same<T, Acc>::value) {
+    if (ld == d) return dst;
+  }
+  return buf;
+}
+
+/// Copies a tile given by aft_out_rows to dst (nothing to do when it is dst itself).
+template <class T, class Acc>
+void aft_store_rows(const Acc* y, Index rows, Index d, Index ld, T* dst) {
+  if constexpr (std::is_same<T, Acc>::value) {
+    if (y == dst) return;
+    for (Index r = 0; r < rows; ++r) std::copy(y + r * ld, y + r * ld + d, dst + r * d);
+  } else {
+    if (ld == d) return convert(y, dst, rows * d);
+    for (Index r = 0; r < rows; ++r) convert(y + r * ld, dst + r * d, d);
+  }
+}
+
+/// scale * sigma(q) per lane, with the exponent kept <= 0 so nothing overflows:
+/// sigma(q) = 1 / (1 + e^-q) for q >= 0 and e^q / (1 + e^q) below.
+template <class P>
+EIGEN_ALWAYS_INLINE P aft_scaled_sigmoid(const P& q, const P& scale) {
+  namespace ei = Eigen::internal;
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  const P e = exp_nonpositive(ei::pnegate(ei::pabs(q)));
+  const P num = ei::pselect(ei::pcmp_lt(q, ei::pset1<P>(Scalar(0))), ei::pmul(scale, e), scale);
+  return ei::pdiv(num, ei::padd(ei::pset1<P>(Scalar(1)), e));
+}
+
 /// y = sigma(q) * num / den for `rows` rows, with [num | den] rows at acc + r * lda; an element
 /// whose den is below aft_tiny is replaced by exact(r, c) (its exact num / den).
 template <class Acc, class Exact>
@@ -315,15 +375,19 @@ class AftSimple : public Attention<AftSimple<T>, T> {
   static constexpr Index kTile = 64;
 
   struct Workspace {
-    Workspace(Index d) : y(kTile, d), m(d), mt(d), alpha(d), num(d), den(d), ratio(d), run(d) {}
-    RowMatrix<Acc> y;  // one tile of output rows
-    Row m, mt, alpha, num, den, ratio;
+    Workspace(Index d)
+        : d(d), ld(detail::aft_pad<Acc>(d)), y(kTile, d), run(d), tile(static_cast<size_t>(3 * kTile * ld)),
+          m(static_cast<size_t>(ld)), num(m.size()), den(m.size()) {}
+    Index d, ld;
+    RowMatrix<Acc> y;  // one tile of output rows (causal)
     detail::AftRunning<Acc> run;
     detail::TileLoader<T> load_q, load_k, load_v;
+    // Non-causal: k, v (or q, y) tiles padded to ld when needed; per-channel max and sums.
+    detail::AlignedBuffer<Acc> tile, m, num, den;
   };
 
   void run_head(const T* qp, const T* kp, const T* vp, Index n, Workspace& ws, T* op) const {
-    const Index d = ws.m.size();
+    const Index d = ws.d;
     if (causal) {
       const auto kk = ws.load_k(kp, n, d);
       const auto vv = ws.load_v(vp, n, d);
@@ -338,37 +402,73 @@ class AftSimple : public Attention<AftSimple<T>, T> {
         }
       }
     } else {
-      using Map = Eigen::Map<const Row>;
-      for (Index t0 = 0; t0 < n; t0 += kTile) {
-        const Index rows = std::min(kTile, n - t0);
-        const auto kt = ws.load_k(kp + t0 * d, rows, d);
-        const auto vt = ws.load_v(vp + t0 * d, rows, d);
-        detail::aft_col_max(kt, rows, ws.mt.data());
-        if (t0 == 0) {
-          ws.m = ws.mt;
-          ws.num.setZero();
-          ws.den.setZero();
-        } else {
-          ws.mt = ws.mt.max(ws.m);
-          ws.alpha = (ws.m - ws.mt).exp();
-          ws.m = ws.mt;
-          ws.num *= ws.alpha;
-          ws.den *= ws.alpha;
+      run_sums(kp, vp, n, ws);
+      run_output(qp, n, ws, op);
+    }
+  }
+
+  // m = max_t K[t] per channel, num = sum_t e^{K[t] - m} V[t], den = sum_t e^{K[t] - m}: one pass
+  // over K and V, a tile at a time (the tile's max first, so the sums are rescaled once per tile).
+  void run_sums(const T* kp, const T* vp, Index n, Workspace& ws) const {
+    namespace ei = Eigen::internal;
+    using P = detail::Packet<Acc>;
+    constexpr Index L = detail::kLanes<Acc>;
+    const Index d = ws.d, ld = ws.ld;
+    for (Index t0 = 0; t0 < n; t0 += kTile) {
+      const Index rows = std::min(kTile, n - t0);
+      const Acc* kt = detail::aft_rows(kp + t0 * d, rows, d, ld, ws.tile.data());
+      const Acc* vt = detail::aft_rows(vp + t0 * d, rows, d, ld, ws.tile.data() + kTile * ld);
+      for (Index c = 0; c < ld; c += L) {
+        P mx = ei::ploadu<P>(kt + c);
+        for (Index r = 1; r < rows; ++r) mx = ei::pmax(mx, ei::ploadu<P>(kt + r * ld + c));
+        P num = ei::pset1<P>(Acc(0)), den = num;
+        if (t0 > 0) {
+          const P m_old = ei::pload<P>(ws.m.data() + c);
+          mx = ei::pmax(mx, m_old);
+          const P alpha = detail::exp_nonpositive(ei::psub(m_old, mx));
+          num = ei::pmul(ei::pload<P>(ws.num.data() + c), alpha);
+          den = ei::pmul(ei::pload<P>(ws.den.data() + c), alpha);
         }
-        for (Index r = 0; r < rows; ++r) {
-          ws.alpha = (Map(kt.data() + r * d, d) - ws.m).exp();
-          ws.num += ws.alpha * Map(vt.data() + r * d, d);
-          ws.den += ws.alpha;
+        // Two accumulator pairs: the adds of consecutive rows do not wait on each other.
+        P num2 = ei::pset1<P>(Acc(0)), den2 = num2;
+        Index r = 0;
+        for (; r + 2 <= rows; r += 2) {
+          const P e0 = detail::exp_nonpositive(ei::psub(ei::ploadu<P>(kt + r * ld + c), mx));
+          const P e1 = detail::exp_nonpositive(ei::psub(ei::ploadu<P>(kt + (r + 1) * ld + c), mx));
+          num = ei::pmadd(e0, ei::ploadu<P>(vt + r * ld + c), num);
+          num2 = ei::pmadd(e1, ei::ploadu<P>(vt + (r + 1) * ld + c), num2);
+          den = ei::padd(den, e0);
+          den2 = ei::padd(den2, e1);
         }
+        if (r < rows) {
+          const P e0 = detail::exp_nonpositive(ei::psub(ei::ploadu<P>(kt + r * ld + c), mx));
+          num = ei::pmadd(e0, ei::ploadu<P>(vt + r * ld + c), num);
+          den = ei::padd(den, e0);
+        }
+        ei::pstore(ws.m.data() + c, mx);
+        ei::pstore(ws.num.data() + c, ei::padd(num, num2));
+        ei::pstore(ws.den.data() + c, ei::padd(den, den2));
       }
-      ws.ratio = ws.num / ws.den;  // den >= 1: the max key contributes e^0
-      for (Index t0 = 0; t0 < n; t0 += kTile) {
-        const Index rows = std::min(kTile, n - t0);
-        const auto qt = ws.load_q(qp + t0 * d, rows, d);
-        for (Index r = 0; r < rows; ++r)
-          Eigen::Map<Row>(ws.y.data() + r * d, d) = ws.ratio / (Acc(1) + (-Map(qt.data() + r * d, d)).exp());
-        detail::store_rows(ws.y.topRows(rows), op + t0 * d);
-      }
+    }
+  }
+
+  // Y[t] = sigma(Q[t]) * num / den (den >= 1: the max key contributes e^0).
+  void run_output(const T* qp, Index n, Workspace& ws, T* op) const {
+    namespace ei = Eigen::internal;
+    using P = detail::Packet<Acc>;
+    constexpr Index L = detail::kLanes<Acc>;
+    const Index d = ws.d, ld = ws.ld;
+    for (Index c = 0; c < ld; c += L)
+      ei::pstore(ws.num.data() + c, ei::pdiv(ei::pload<P>(ws.num.data() + c), ei::pload<P>(ws.den.data() + c)));
+    for (Index t0 = 0; t0 < n; t0 += kTile) {
+      const Index rows = std::min(kTile, n - t0);
+      const Acc* qt = detail::aft_rows(qp + t0 * d, rows, d, ld, ws.tile.data());
+      Acc* y = detail::aft_out_rows(op + t0 * d, d, ld, ws.tile.data() + kTile * ld);
+      for (Index r = 0; r < rows; ++r)
+        for (Index c = 0; c < ld; c += L)
+          ei::pstoreu(y + r * ld + c,
+                      detail::aft_scaled_sigmoid(ei::ploadu<P>(qt + r * ld + c), ei::pload<P>(ws.num.data() + c)));
+      detail::aft_store_rows(y, rows, d, ld, op + t0 * d);
     }
   }
 };

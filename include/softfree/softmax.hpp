@@ -34,7 +34,11 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
 
   Shape4 check_inputs(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v) const {
     const Shape4 s = detail::check_qkv(kName, q, k, v, /*allow_cross=*/true);
-    if (scale) detail::check_positive_finite(kName, "scale", *scale);
+    if (scale) {
+      detail::check_positive_finite(kName, "scale", *scale);
+      if (*scale > static_cast<double>(std::numeric_limits<Acc>::max()))
+        detail::fail(kName, "scale = ", *scale, ": exceeds the ", precision<Acc>::name, " range the scores are computed in");
+    }
     detail::check_key_lengths(kName, key_lengths, s.B, shape_of(k).N);
     return s;
   }
@@ -133,15 +137,24 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
         ei::pstore(ws.row_sum.data() + p * L, ei::pmadd(ei::pload<P>(ws.row_sum.data() + p * L), alpha[p], sum[p]));
         ei::pstore(ws.row_max.data() + p * L, m[p]);
       }
-      // exp(-inf) comes out of the packet exp as the smallest normal, not 0: zero hidden keys so
-      // they contribute exactly nothing to the values (their share of the sum is below rounding).
-      for (Index j = first_masked; j < nj; ++j) std::fill(st + j * bq, st + j * bq + hidden(j), Acc(0));
       for (Index c = 0; c < d; ++c)
         for (int p = 0; p < NQ; ++p) {
           Acc* o = ws.ot.data() + c * bq + p * L;
           ei::pstore(o, ei::pmul(ei::pload<P>(o), alpha[p]));
         }
-      detail::vp_product(vt, d, nj, d, st, bq, ws.ot.data());
+      // Keys every query of the block sees go through the packet kernel. Keys on the causal
+      // diagonal skip their hidden queries instead of weighting them by 0, so a NaN or inf in a
+      // hidden value (say, an unused slot of a KV cache) never reaches an earlier row.
+      detail::vp_product(vt, d, first_masked, d, st, bq, ws.ot.data());
+      for (Index j = first_masked; j < nj; ++j) {
+        const Index from = hidden(j);
+        const Acc* p = st + j * bq;
+        for (Index c = 0; c < d; ++c) {
+          const Acc x = vt[j * d + c];
+          Acc* o = ws.ot.data() + c * bq;
+          for (Index i = from; i < bq; ++i) o[i] += x * p[i];
+        }
+      }
     }
     for (Index r = 0; r < rows; ++r) {
       const Acc l = ws.row_sum[static_cast<size_t>(r)];

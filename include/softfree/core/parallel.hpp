@@ -49,7 +49,11 @@ inline Eigen::ThreadPool& shared_pool(int n) {
 template <class MakeWorker>
 void parallel_for(const Parallel& p, Index n, MakeWorker&& make_worker) {
   if (n <= 0) return;
-  const int t = static_cast<int>(std::min<Index>(p.workers(), n));
+  // Called from inside the pool it would hand work to (a kernel run by a task of the same
+  // device), waiting on that pool could deadlock: run serially there instead.
+  const bool nested = p.device ? p.device->currentThreadId() != -1
+                               : p.threads > 1 && shared_pool(p.threads - 1).CurrentThreadId() != -1;
+  const int t = nested ? 1 : static_cast<int>(std::min<Index>(p.workers(), n));
   if (t <= 1) {
     auto worker = make_worker();
     for (Index i = 0; i < n; ++i) worker(i);

@@ -1,0 +1,124 @@
+// The register-blocked packet kernels of core/microkernels.hpp against plain loops.
+// kq_product and vp_product get small-integer inputs, so every product and partial sum is exact
+// in float and double whatever the summation order: the results must then match exactly.
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <softfree/core/microkernels.hpp>
+
+#include "test_util.hpp"
+
+namespace {
+
+using softfree::Index;
+using softfree::detail::AlignedBuffer;
+using softfree::detail::kLanes;
+
+template <class Acc>
+class Microkernels : public ::testing::Test {};
+using AccumulateTypes = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(Microkernels, AccumulateTypes, softfree_test::TypeName);
+
+// Integers in [-4, 4]: sums of up to 64 products stay below 2^11, exact in any float type.
+template <class Acc>
+AlignedBuffer<Acc> small_integers(Index n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int> dist(-4, 4);
+  AlignedBuffer<Acc> v(static_cast<size_t>(n));
+  for (Acc& x : v) x = static_cast<Acc>(dist(gen));
+  return v;
+}
+
+// bq from 1 to 3 packets, and past the kernels' 4-packet blocking (one full block + a tail).
+template <class Acc>
+std::vector<Index> query_widths() {
+  const Index L = kLanes<Acc>;
+  return {L, 2 * L, 3 * L, 4 * L, 5 * L};
+}
+
+TYPED_TEST(Microkernels, KqProductMatchesLoops) {
+  using Acc = TypeParam;
+  for (Index nk : {1, 3, 5, 17})
+    for (Index depth : {1, 7, 64})
+      for (Index bq : query_widths<Acc>()) {
+        SCOPED_TRACE(::testing::Message() << "nk " << nk << ", depth " << depth << ", bq " << bq);
+        const Index ldk = depth + 3;  // a leading dimension wider than the row
+        const auto k = small_integers<Acc>(nk * ldk, 1);
+        const auto qt = small_integers<Acc>(depth * bq, 2);
+        AlignedBuffer<Acc> st(static_cast<size_t>(nk * bq + 1), Acc(-99));
+        softfree::detail::kq_product(k.data(), ldk, nk, qt.data(), bq, depth, st.data());
+        for (Index j = 0; j < nk; ++j)
+          for (Index i = 0; i < bq; ++i) {
+            Acc want = 0;
+            for (Index d = 0; d < depth; ++d) want += k[static_cast<size_t>(j * ldk + d)] * qt[static_cast<size_t>(d * bq + i)];
+            ASSERT_EQ(st[static_cast<size_t>(j * bq + i)], want) << "st(" << j << ", " << i << ")";
+          }
+        EXPECT_EQ(st.back(), Acc(-99)) << "wrote past nk x bq";
+      }
+}
+
+TYPED_TEST(Microkernels, VpProductAccumulates) {
+  using Acc = TypeParam;
+  for (Index nj : {1, 3, 5, 17})
+    for (Index dv : {1, 7, 64})
+      for (Index bq : query_widths<Acc>()) {
+        SCOPED_TRACE(::testing::Message() << "nj " << nj << ", dv " << dv << ", bq " << bq);
+        const Index ldv = dv + 5;
+        const auto v = small_integers<Acc>(nj * ldv, 3);
+        const auto pt = small_integers<Acc>(nj * bq, 4);
+        const auto ot0 = small_integers<Acc>(dv * bq + 1, 5);  // += onto existing values
+        AlignedBuffer<Acc> ot = ot0;
+        softfree::detail::vp_product(v.data(), ldv, nj, dv, pt.data(), bq, ot.data());
+        for (Index d = 0; d < dv; ++d)
+          for (Index i = 0; i < bq; ++i) {
+            Acc want = ot0[static_cast<size_t>(d * bq + i)];
+            for (Index j = 0; j < nj; ++j) want += v[static_cast<size_t>(j * ldv + d)] * pt[static_cast<size_t>(j * bq + i)];
+            ASSERT_EQ(ot[static_cast<size_t>(d * bq + i)], want) << "ot(" << d << ", " << i << ")";
+          }
+        EXPECT_EQ(ot.back(), ot0.back()) << "wrote past dv x bq";
+      }
+}
+
+// exp_nonpositive evaluated lane by lane over xs.
+std::vector<float> packet_exp(const std::vector<float>& xs) {
+  namespace ei = Eigen::internal;
+  using P = softfree::detail::Packet<float>;
+  constexpr Index L = kLanes<float>;
+  std::vector<float> in = xs, out(xs.size() + L);
+  in.resize(xs.size() + L, 0.f);
+  for (size_t i = 0; i < xs.size(); i += L)
+    ei::pstoreu(out.data() + i, softfree::detail::exp_nonpositive(ei::ploadu<P>(in.data() + i)));
+  out.resize(xs.size());
+  return out;
+}
+
+TEST(ExpNonpositive, RelativeErrorOverFloatRange) {
+  std::vector<float> xs;
+  for (int i = 0; i <= 200000; ++i) xs.push_back(-87.f * static_cast<float>(i) / 200000.f);  // sweep [-87, 0]
+  for (float x = -1e-3f; x < 0; x *= 0.5f) xs.push_back(x);  // tiny arguments down to subnormals
+  const std::vector<float> ys = packet_exp(xs);
+  double worst = 0;
+  size_t worst_at = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double want = std::exp(static_cast<double>(xs[i]));
+    const double rel = std::abs(static_cast<double>(ys[i]) - want) / want;
+    if (!(rel <= worst)) worst = rel, worst_at = i;
+  }
+  EXPECT_LE(worst, 3e-7) << "at x = " << xs[worst_at] << ": got " << ys[worst_at] << ", exp = "
+                         << std::exp(static_cast<double>(xs[worst_at]));
+}
+
+TEST(ExpNonpositive, EndPoints) {
+  const std::vector<float> ys = packet_exp({0.f, -0.f, -88.f, -100.f, -1e4f, -std::numeric_limits<float>::max(),
+                                            -std::numeric_limits<float>::infinity()});
+  EXPECT_EQ(ys[0], 1.f);
+  EXPECT_EQ(ys[1], 1.f);
+  for (size_t i = 2; i < ys.size(); ++i) {
+    EXPECT_GE(ys[i], 0.f) << "lane " << i;
+    EXPECT_LE(ys[i], 2e-38f) << "lane " << i;  // documented: about 1e-38 below -87.3
+  }
+}
+
+}  // namespace
