@@ -68,10 +68,7 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
   // Query block: four packets of queries (64 with AVX-512 float), kept transposed in L1 with
   // its D x 64 accumulator. Key tile: 128 keys, so a score tile (32 KiB) stays in L1 too.
   static constexpr Index kBlockQ = 4 * detail::kLanes<Acc>;
-#ifndef SF_BK
-#define SF_BK 128
-#endif
-  static constexpr Index kBlockK = SF_BK;
+  static constexpr Index kBlockK = 128;
 
   struct Workspace {
     explicit Workspace(Index d)

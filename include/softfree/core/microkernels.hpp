@@ -78,17 +78,14 @@ EIGEN_ALWAYS_INLINE void kq_block(const Acc* k, Index ldk, const Acc* qt, Index 
 }
 
 /// ST (nk x bq, leading dimension bq) = K (nk x depth, leading dimension ldk) * QT (depth x bq).
-/// bq must be a multiple of the packet width and qt/st aligned.
+/// bq must be a multiple of the packet width; no alignment is required (unaligned packet loads
+/// cost nothing extra on aligned data, and SimA passes the caller's buffers).
 template <class Acc>
 void kq_product(const Acc* k, Index ldk, Index nk, const Acc* qt, Index bq, Index depth, Acc* st) {
   constexpr Index L = kLanes<Acc>;
-#ifndef SF_RJ
-#define SF_RJ 4
-#define SF_NPK 4
-#define SF_RD 4
-#define SF_NPV 4
-#endif
-  constexpr int RJ = SF_RJ, NP = SF_NPK;
+  // 4 x 4 packets = 16 accumulators: enough independent FMA chains to cover the latency on two
+  // FMA ports, and few enough registers left for the operands even with 16 (AVX2) registers.
+  constexpr int RJ = 4, NP = 4;
   Index i = 0;
   for (; i + NP * L <= bq; i += NP * L) {
     Index j = 0;
@@ -126,7 +123,7 @@ EIGEN_ALWAYS_INLINE void vp_block(const Acc* v, Index ldv, Index nj, const Acc* 
 template <class Acc>
 void vp_product(const Acc* v, Index ldv, Index nj, Index dv, const Acc* pt, Index bq, Acc* ot) {
   constexpr Index L = kLanes<Acc>;
-  constexpr int RD = SF_RD, NP = SF_NPV;
+  constexpr int RD = 4, NP = 4;  // as kq_product
   Index i = 0;
   for (; i + NP * L <= bq; i += NP * L) {
     Index d = 0;
