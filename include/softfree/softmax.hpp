@@ -1,11 +1,12 @@
 #pragma once
 // SoftmaxAttention: the baseline every speed-up is measured against.
 //
-// O = softmax(s Q K^T [+ mask]) V, computed flash-style: a block of query rows meets blocks of
-// keys; each score tile S = s Q_blk K_blk^T is one GEMM, turned into probabilities with a
-// running row max and running row sum (online softmax, in the accumulate type), and P V_blk is a
-// second GEMM into the block's accumulator. No N x N matrix exists: memory is O(N D) plus one
-// score tile per thread.
+// O = softmax(s Q K^T [+ mask]) V, computed flash-style: a block of 4 packets of queries (64 with
+// AVX-512 float), scaled and transposed once, meets tiles of 128 keys. Each score tile is one
+// register-blocked product (core/microkernels.hpp) laid out keys x queries, so the online softmax
+// (running max and sum per query, in the accumulate type) runs down packet columns with no
+// horizontal reductions, and a second product accumulates V^T P into the block's D x 64
+// accumulator. No N x N matrix exists: memory is O(N D) plus one tile per thread.
 #include <cmath>
 #include <limits>
 #include <optional>
