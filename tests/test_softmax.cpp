@@ -131,9 +131,9 @@ TYPED_TEST(SoftmaxTyped, KeyPadding) {
   for (bool causal : {false, true}) {
     SoftmaxAttention<T> attn;
     attn.causal = causal;
-    attn.key_lengths = {0, 97, 40, 1};
+    attn.key_lengths = std::vector<Index>{0, 97, 40, 1};
     EXPECT_TRUE(matches_reference(attn, 4, 2, 97, 97, 40, 500));
-    attn.key_lengths = {0, 300, 131};
+    attn.key_lengths = std::vector<Index>{0, 300, 131};
     const auto q = random_tensor<T>(3, 2, 200, 59, 520), k = random_tensor<T>(3, 2, 300, 59, 521),
                v = random_tensor<T>(3, 2, 300, 59, 522);
     const auto out = attn(q, k, v);
@@ -227,7 +227,7 @@ TYPED_TEST(SoftmaxTyped, PaddedKeysDoNotMatter) {
   for (bool causal : {false, true}) {
     SoftmaxAttention<T> attn;
     attn.causal = causal;
-    attn.key_lengths = {0, 130, 57};
+    attn.key_lengths = std::vector<Index>{0, 130, 57};
     const auto q = random_tensor<T>(3, 2, 150, 40, 800);
     const auto k = random_tensor<T>(3, 2, 200, 40, 801), v = random_tensor<T>(3, 2, 200, 40, 802);
     const auto base = attn(q, k, v);
@@ -258,7 +258,7 @@ TYPED_TEST(SoftmaxTyped, DeterministicAcrossThreads) {
     for (bool padded : {false, true}) {
       SoftmaxAttention<T> attn;
       attn.causal = causal;
-      if (padded) attn.key_lengths = {150, 77};
+      if (padded) attn.key_lengths = std::vector<Index>{150, 77};
       const auto serial = attn(q, k, v);
       for (const softfree::Parallel& p : {softfree::Parallel::with_threads(2), softfree::Parallel::with_threads(3),
                                           softfree::Parallel::on(device)}) {
