@@ -79,10 +79,95 @@ inline bool newton_converged(const NewtonOptions& o, double residual) {
   return residual < (o.tolerance > 0 ? o.tolerance : NewtonOptions::kConvergedResidual);
 }
 
-/// Buffers of the iteration, sized once per m and reused across heads.
+/// C (rows x cols, leading dimension ldc) = A B (or += with Add), with A(r, t) = a[r * ar + t * at]
+/// (row-major when at = 1, the transpose of a row-major matrix when ar = 1) and B row-major
+/// (depth x cols, leading dimension ldb). Packets run along C's columns and A's entries are
+/// broadcast from memory, so neither C's rows nor the depth are padded to packets (SOFT's
+/// products all have the landmark count m = 49 in one of those two roles); columns past the last
+/// whole packet go through Eigen. No alignment is required.
+template <class Acc, int RJ, int NP, bool Add>
+EIGEN_ALWAYS_INLINE void bcast_block(const Acc* a, Index ar, Index at, Index depth, const Acc* b, Index ldb, Acc* c,
+                                     Index ldc) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
+  P acc[RJ][NP];
+  for (int r = 0; r < RJ; ++r)
+    for (int p = 0; p < NP; ++p) acc[r][p] = Add ? ei::ploadu<P>(c + r * ldc + p * L) : ei::pset1<P>(Acc(0));
+  for (Index t = 0; t < depth; ++t) {
+    P x[NP];
+    for (int p = 0; p < NP; ++p) x[p] = ei::ploadu<P>(b + t * ldb + p * L);
+    for (int r = 0; r < RJ; ++r) {
+      const P ab = ei::pset1<P>(a[r * ar + t * at]);
+      for (int p = 0; p < NP; ++p) acc[r][p] = ei::pmadd(ab, x[p], acc[r][p]);
+    }
+  }
+  for (int r = 0; r < RJ; ++r)
+    for (int p = 0; p < NP; ++p) ei::pstoreu(c + r * ldc + p * L, acc[r][p]);
+}
+
+// Rows in blocks of RJ, the rest in blocks of RJ / 2, ... 1.
+template <class Acc, int RJ, int NP, bool Add>
+void bcast_rows(const Acc* a, Index ar, Index at, Index rows, Index depth, const Acc* b, Index ldb, Acc* c,
+                Index ldc) {
+  Index r = 0;
+  for (; r + RJ <= rows; r += RJ)
+    bcast_block<Acc, RJ, NP, Add>(a + r * ar, ar, at, depth, b, ldb, c + r * ldc, ldc);
+  if constexpr (RJ > 1) bcast_rows<Acc, RJ / 2, NP, Add>(a + r * ar, ar, at, rows - r, depth, b, ldb, c + r * ldc, ldc);
+}
+
+template <bool Add, class Acc>
+void bcast_product(const Acc* a, Index ar, Index at, Index rows, Index depth, const Acc* b, Index ldb, Index cols,
+                   Acc* c, Index ldc) {
+  constexpr Index L = kLanes<Acc>;
+  // Register blocks of about 24 accumulators (RJ x NP packets) keep both FMA ports busy.
+  Index j = 0;
+  for (; j + 4 * L <= cols; j += 4 * L) bcast_rows<Acc, 6, 4, Add>(a, ar, at, rows, depth, b + j, ldb, c + j, ldc);
+  switch ((cols - j) / L) {
+    case 3: bcast_rows<Acc, 8, 3, Add>(a, ar, at, rows, depth, b + j, ldb, c + j, ldc); j += 3 * L; break;
+    case 2: bcast_rows<Acc, 12, 2, Add>(a, ar, at, rows, depth, b + j, ldb, c + j, ldc); j += 2 * L; break;
+    case 1: bcast_rows<Acc, 8, 1, Add>(a, ar, at, rows, depth, b + j, ldb, c + j, ldc); j += L; break;
+    default: break;
+  }
+  if (j == cols) return;
+  using Stride = Eigen::OuterStride<>;
+  const Eigen::Map<const RowMatrix<Acc>, 0, Stride> bm(b + j, depth, cols - j, Stride(ldb));
+  Eigen::Map<RowMatrix<Acc>, 0, Stride> cm(c + j, rows, cols - j, Stride(ldc));
+  auto run = [&](const auto& am) {
+    if constexpr (Add)
+      cm.noalias() += am * bm;
+    else
+      cm.noalias() = am * bm;
+  };
+  if (at == 1)
+    run(Eigen::Map<const RowMatrix<Acc>, 0, Stride>(a, rows, depth, Stride(ar)));
+  else
+    run(Eigen::Map<const Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic>, 0, Stride>(a, rows, depth, Stride(at)));
+}
+
+/// Buffers of the iteration, sized once per m and reused across heads: m x m matrices with rows
+/// padded to whole packets (aligned rows for bcast_product).
 template <class Acc>
 struct NewtonWorkspace {
-  RowMatrix<Acc> p, v, t, u;
+  using Map = Eigen::Map<RowMatrix<Acc>, 0, Eigen::OuterStride<>>;
+  Index m = 0, ld = 0;
+  AlignedBuffer<Acc> p_, v_, t_, u_;
+
+  void resize(Index n) {
+    m = n;
+    ld = (n + kLanes<Acc> - 1) / kLanes<Acc> * kLanes<Acc>;
+    for (AlignedBuffer<Acc>* b : {&p_, &v_, &t_, &u_})
+      if (static_cast<Index>(b->size()) < m * ld) b->resize(static_cast<size_t>(m * ld), Acc(0));
+  }
+  Map map(AlignedBuffer<Acc>& b) { return Map(b.data(), m, m, Eigen::OuterStride<>(ld)); }
+  Map p() { return map(p_); }
+  Map v() { return map(v_); }
+  Map t() { return map(t_); }
+  Map u() { return map(u_); }
+  /// dst = x y for two of the workspace's matrices.
+  void mul(AlignedBuffer<Acc>& x, AlignedBuffer<Acc>& y, AlignedBuffer<Acc>& dst) {
+    bcast_product<false>(x.data(), ld, Index(1), m, m, y.data(), ld, m, dst.data(), ld);
+  }
 };
 
 struct NewtonStats {
@@ -96,42 +181,43 @@ struct NewtonStats {
 template <class Acc, class Derived>
 NewtonStats newton_run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions& o, NewtonWorkspace<Acc>& ws) {
   const Index m = a.rows();
+  ws.resize(m);
+  auto p = ws.p(), v = ws.v(), t = ws.t();
+  const auto eye = RowMatrix<Acc>::Identity(m, m);
   const double row_sum = static_cast<double>(a.cwiseAbs().rowwise().sum().maxCoeff());
-  ws.p = a;
+  p = a;
   if (o.init == NewtonInit::Current) {
-    ws.p.diagonal().array() += static_cast<Acc>(o.lambda);
+    p.diagonal().array() += static_cast<Acc>(o.lambda);
     // A whose kernel values all underflowed is 0: then start from P's own row sum (lambda), so
     // the iteration still converges to (lambda I)^-1 rather than dividing by zero.
     const double rs = row_sum > 0 ? row_sum : static_cast<double>(o.lambda);
     if (rs > 0)
-      ws.v = static_cast<Acc>(0.9 * 2.0 / (rs * rs)) * ws.p;
+      v = static_cast<Acc>(0.9 * 2.0 / (rs * rs)) * p;
     else
-      ws.v.setZero(m, m);  // A = 0 and lambda = 0: pinv(0) = 0
+      v.setZero();  // A = 0 and lambda = 0: pinv(0) = 0
   } else if (row_sum > 0) {
     double alpha = 2.0 / (row_sum * row_sum);
-    ws.v = static_cast<Acc>(alpha) * ws.p;
+    v = static_cast<Acc>(alpha) * p;
     for (int halvings = 0; halvings < 10; ++halvings) {
-      ws.t.noalias() = ws.p * ws.v;
-      const Acc col_sum = (RowMatrix<Acc>::Identity(m, m) - ws.t).cwiseAbs().colwise().sum().maxCoeff();
+      ws.mul(ws.p_, ws.v_, ws.t_);
+      const Acc col_sum = (eye - t).cwiseAbs().colwise().sum().maxCoeff();
       if (!(col_sum > Acc(1.01))) break;
       alpha *= 0.5;
-      ws.v = static_cast<Acc>(alpha) * ws.p;
+      v = static_cast<Acc>(alpha) * p;
     }
   } else {
-    ws.v.setZero(m, m);  // pinv(0) = 0
+    v.setZero();  // pinv(0) = 0
   }
   NewtonStats st;
-  ws.t.noalias() = ws.p * ws.v;
+  ws.mul(ws.p_, ws.v_, ws.t_);
   for (int s = 1; s <= o.steps; ++s) {
-    ws.u.noalias() = ws.v * ws.t;
-    ws.v = Acc(2) * ws.v - ws.u;
-    ws.t.noalias() = ws.p * ws.v;
+    ws.mul(ws.v_, ws.t_, ws.u_);
+    v = Acc(2) * v - ws.u();
+    ws.mul(ws.p_, ws.v_, ws.t_);
     st.steps = s;
-    if (o.tolerance > 0 &&
-        static_cast<double>((ws.t - RowMatrix<Acc>::Identity(m, m)).norm()) < o.tolerance)
-      break;
+    if (o.tolerance > 0 && static_cast<double>((t - eye).norm()) < o.tolerance) break;
   }
-  st.residual = static_cast<double>((ws.t - RowMatrix<Acc>::Identity(m, m)).norm());
+  st.residual = static_cast<double>((t - eye).norm());
   return st;
 }
 
@@ -154,7 +240,7 @@ NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Deriv
   detail::NewtonWorkspace<Acc> ws;
   const detail::NewtonStats st = detail::newton_run(a.eval(), options, ws);
   NewtonResult<Acc> r;
-  r.inverse = std::move(ws.v);
+  r.inverse = ws.v();
   r.steps = st.steps;
   r.residual = st.residual;
   r.converged = detail::newton_converged(options, st.residual);
@@ -164,6 +250,18 @@ NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Deriv
 // ------------------------------------------------------------------ the Gaussian-kernel tile loop
 
 namespace detail {
+
+/// The kernel weight exp(e) of exponents e that are <= 0 up to rounding: clamped at 0 from above
+/// (a weight never exceeds 1), and flushed to 0 where exp underflows (exp_nonpositive would
+/// return the smallest normal there).
+template <class P>
+EIGEN_ALWAYS_INLINE P gaussian_weight(P e) {
+  namespace ei = Eigen::internal;
+  using Acc = typename ei::unpacket_traits<P>::type;
+  const P lowest = ei::pset1<P>(std::is_same<Acc, float>::value ? Acc(-87.3) : Acc(-708));
+  e = ei::pmin(e, ei::pset1<P>(Acc(0)));
+  return ei::pand(exp_nonpositive(e), ei::pcmp_le(lowest, e));
+}
 
 /// One block of up to `width` queries against any number of keys, either summed into
 /// OT += sum_j k(q, k_j) v_j^T (add) or handed out as a weight tile W[j, i] = k(q_i, k_j) (weigh).
@@ -219,8 +317,6 @@ class GaussianBlock {
     namespace ei = Eigen::internal;
     constexpr Index L = kLanes<Acc>;
     // Below this exp underflows: exp_nonpositive would return the smallest normal, so flush to 0.
-    const P lowest = ei::pset1<P>(std::is_same<Acc, float>::value ? Acc(-87.3) : Acc(-708));
-    const P zero = ei::pset1<P>(Acc(0));
     const Index nj = kt.rows();
     for (Index j = 0; j < nj; ++j) kn_[static_cast<size_t>(j)] = kt.row(j).squaredNorm() * (s_ / 2);
     Acc* st = st_.data();
@@ -229,8 +325,7 @@ class GaussianBlock {
       const P kn = ei::pset1<P>(kn_[static_cast<size_t>(j)]);
       for (Index i = 0; i < bq_; i += L) {
         Acc* x = st + j * bq_ + i;
-        const P e = ei::pmin(ei::psub(ei::psub(ei::pload<P>(x), kn), ei::pload<P>(qn_.data() + i)), zero);
-        ei::pstore(x, ei::pand(exp_nonpositive(e), ei::pcmp_le(lowest, e)));
+        ei::pstore(x, gaussian_weight(ei::psub(ei::psub(ei::pload<P>(x), kn), ei::pload<P>(qn_.data() + i))));
       }
     }
     return st;
@@ -248,6 +343,110 @@ class GaussianBlock {
   Acc s_;
   AlignedBuffer<Acc> qt_, ot_, st_, qn_, kn_;
   RowMatrix<Acc> o_;
+};
+
+/// 2^t for t <= 0 up to rounding (clamped at 0 from above), 0 where it underflows (t < -126):
+/// Cephes' exp2f polynomial on the rounded-off fraction, about 1 ulp. Fewer operations than
+/// exp_nonpositive, whose first step (x log2 e) LandmarkKernel folds into its operands instead.
+template <class P>
+EIGEN_ALWAYS_INLINE P exp2_weight(P t) {
+  namespace ei = Eigen::internal;
+  using PI = typename ei::unpacket_traits<P>::integer_packet;
+  t = ei::pmin(t, ei::pset1<P>(0.0f));
+  const P keep = ei::pcmp_le(ei::pset1<P>(-126.0f), t);
+  t = ei::pmax(t, ei::pset1<P>(-127.0f));  // keeps 2^k a normal float below, where keep is false
+  const P k = ei::print(t), f = ei::psub(t, k);
+  P y = ei::pmadd(ei::pset1<P>(1.535336188319500e-4f), f, ei::pset1<P>(1.339887440266574e-3f));
+  y = ei::pmadd(y, f, ei::pset1<P>(9.618437357674640e-3f));
+  y = ei::pmadd(y, f, ei::pset1<P>(5.550332471162809e-2f));
+  y = ei::pmadd(y, f, ei::pset1<P>(2.402264791363012e-1f));
+  y = ei::pmadd(y, f, ei::pset1<P>(6.931472028550421e-1f));
+  y = ei::pmadd(y, f, ei::pset1<P>(1.0f));
+  const PI e = ei::padd(ei::pcast<P, PI>(k), ei::pset1<PI>(127));
+  return ei::pand(ei::pmul(y, ei::preinterpret<P>(ei::plogical_shift_left<23>(e))), keep);
+}
+
+/// Gaussian-kernel weights of tiles of tokens x (rows x d, rows <= kTile) against m fixed
+/// landmarks l: W[j, i] = k(x_j, l_i), row j at W + j * ld(). A landmark set (s l, its
+/// transpose, half norms) is prepared once into a caller-owned buffer of set_size(m, d) and then
+/// serves any number of tiles. Packets run along the landmarks in the product with the tile;
+/// when m is a few lanes past whole packets (49 = 3 x 16 + 1) those last landmarks take one
+/// matrix-vector product each rather than padding the whole product to 64 lanes.
+template <class Acc>
+class LandmarkKernel {
+  static constexpr Index L = kLanes<Acc>;
+  static Index round_up(Index n) { return (n + L - 1) / L * L; }
+  // Landmarks covered by the packet product: whole packets, or m padded when that wastes less.
+  static Index main_lanes(Index m) { return m % L <= L / 4 ? m / L * L : round_up(m); }
+
+ public:
+  static constexpr Index kTile = 128;
+  // float exponents are carried in base 2 (log2 e folded into s) for exp2_weight.
+  static constexpr bool kBase2 = std::is_same<Acc, float>::value;
+
+  static Index set_size(Index m, Index d) { return m * d + d * main_lanes(m) + round_up(m); }
+
+  LandmarkKernel(Index m, Index d)
+      : m_(m), d_(d), ld_(round_up(m)), ml_(main_lanes(m)),
+        s_(static_cast<Acc>((kBase2 ? 1.4426950408889634 : 1.0) / std::sqrt(static_cast<double>(d)))), xn_(static_cast<size_t>(round_up(kTile)), Acc(0)),
+        dots_(xn_.size(), Acc(0)), w_(static_cast<size_t>(kTile * ld_)) {}
+
+  /// Leading dimension of the weight tiles.
+  Index ld() const { return ld_; }
+
+  /// Prepares the landmarks l (m x d) into set (set_size(m, d) values).
+  template <class Derived>
+  void prepare(const Eigen::MatrixBase<Derived>& l, Acc* set) const {
+    MatrixMap<Acc> ls(set, m_, d_);
+    ls = l * s_;
+    Acc* lt = set + m_ * d_;
+    for (Index c = 0; c < d_; ++c)
+      for (Index i = 0; i < ml_; ++i) lt[c * ml_ + i] = i < m_ ? ls(i, c) : Acc(0);  // padding: zero landmarks
+    Acc* ln = lt + d_ * ml_;
+    for (Index i = 0; i < ld_; ++i) ln[i] = i < m_ ? l.row(i).squaredNorm() * (s_ / 2) : Acc(0);
+  }
+
+  /// The weight tile of x against a prepared set (valid until the next call).
+  const Acc* weigh(const Acc* set, const ConstMatrixMap<Acc>& x) {
+    namespace ei = Eigen::internal;
+    using P = Packet<Acc>;
+    const Index rows = x.rows();
+    const Acc *ls = set, *lt = set + m_ * d_, *ln = lt + d_ * ml_;
+    Acc *w = w_.data(), *xn = xn_.data(), *dots = dots_.data();
+    for (Index j = 0; j < rows; ++j) xn[j] = x.row(j).squaredNorm() * (s_ / 2);
+    if (ml_ > 0) {
+      bcast_product<false>(x.data(), d_, Index(1), rows, d_, lt, ml_, ml_, w, ld_);
+      for (Index j = 0; j < rows; ++j) {
+        const P xj = ei::pset1<P>(xn[j]);
+        for (Index i = 0; i < ml_; i += L) {
+          Acc* e = w + j * ld_ + i;
+          ei::pstore(e, weight(ei::psub(ei::psub(ei::pload<P>(e), xj), ei::ploadu<P>(ln + i))));
+        }
+      }
+    }
+    for (Index i = ml_; i < m_; ++i) {  // the landmarks past the packet product, packets along tokens
+      Eigen::Map<Eigen::Matrix<Acc, Eigen::Dynamic, 1>>(dots, rows).noalias() =
+          x * ConstMatrixMap<Acc>(ls, m_, d_).row(i).transpose();
+      const P li = ei::pset1<P>(ln[i]);
+      for (Index j = 0; j < rows; j += L)
+        ei::pstore(dots + j, weight(ei::psub(ei::psub(ei::pload<P>(dots + j), ei::pload<P>(xn + j)), li)));
+      for (Index j = 0; j < rows; ++j) w[j * ld_ + i] = dots[j];
+    }
+    return w;
+  }
+
+ private:
+  template <class P>
+  static EIGEN_ALWAYS_INLINE P weight(const P& e) {
+    if constexpr (kBase2)
+      return exp2_weight(e);
+    else
+      return gaussian_weight(e);
+  }
+
+  Index m_, d_, ld_, ml_;
+  Acc s_;
+  AlignedBuffer<Acc> xn_, dots_, w_;
 };
 
 }  // namespace detail
@@ -416,28 +615,50 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
                const View4<T>& out) const {
     const Shape4 sq = shape_of(q);
     const Index nk = shape_of(k).N, d = sq.D, heads = sq.B * sq.H, m = landmark_count(sq.N);
-    const Index dp = (d + detail::kLanes<Acc> - 1) / detail::kLanes<Acc> * detail::kLanes<Acc>;
-    // Per head, pass 1 leaves Kt (m x d) and Y = pinv(A) (R V) (m x dp, zero-padded to whole
-    // packets so pass 2 can use it as a packet operand) here for pass 2.
-    std::vector<Acc> kt_all(static_cast<size_t>(heads * m * d));
-    detail::AlignedBuffer<Acc> y_all(static_cast<size_t>(heads * m * dp), Acc(0));
+    const Index set_size = Kernel::set_size(m, d), tile = Kernel::kTile;
+    // Per head, pass 1 leaves the prepared landmarks Kt and Y = pinv(A) (R V) (m x d) for pass 2.
+    detail::AlignedBuffer<Acc> k_sets(static_cast<size_t>(heads * set_size)), y_all(static_cast<size_t>(heads * m * d));
     std::vector<detail::NewtonStats> stats(static_cast<size_t>(heads));
 
-    // Pass 1, one item per (b, h): landmarks, R V = SoftGaussian(Qt, K, V) with the m landmarks
-    // as one block of queries, A = k(Qt, Kt), its pseudo-inverse, Y.
+    // Pass 1, one item per (b, h): landmarks, R V one key tile at a time (the weight tile, keys x
+    // landmarks, is R^T's rows; R V accumulates with packets along D), A = k(Qt, Kt), its
+    // pseudo-inverse, Y.
     detail::parallel_for(parallel, heads, [&] {
       return [&, ws = HeadWorkspace(m, d)](Index bh) mutable {
         const Index b = bh / sq.H, h = bh % sq.H;
         pool(q, b, h, /*for_q=*/true, ws.load, ws.ql);
-        MatrixMap<Acc> kt(kt_all.data() + bh * m * d, m, d);
-        pool(k, b, h, /*for_q=*/false, ws.load, kt);
-        ws.block.start(ConstMatrixMap<Acc>(ws.ql.data(), m, d));
-        ws.block.add(head(k, b, h).data(), head(v, b, h).data(), nk, ws.load_k, ws.load_v);
-        ws.rv = ws.block.result();
+        // Segment landmarks of K are summed from the key tiles R V loads anyway: K is read once.
+        const bool k_segments = landmarks.kind == Landmarks::Kind::Segments;
+        if (k_segments)
+          ws.kl.setZero();
+        else
+          pool(k, b, h, /*for_q=*/false, ws.load, ws.kl);
+        ws.kernel.prepare(ws.ql, ws.q_set.data());
+        ws.rv.setZero();
+        const T *kh = head(k, b, h).data(), *vh = head(v, b, h).data();
+        Index seg = 0;  // first segment not yet complete
+        for (Index j0 = 0; j0 < nk; j0 += tile) {
+          const Index nj = std::min(tile, nk - j0);
+          const auto kt = ws.load_k(kh + j0 * d, nj, d);
+          if (k_segments) {
+            for (Index i = seg; i < m && i * nk / m < j0 + nj; ++i) {
+              const Index lo = std::max(i * nk / m, j0), hi = std::min(((i + 1) * nk + m - 1) / m, j0 + nj);
+              ws.kl.row(i) += kt.middleRows(lo - j0, hi - lo).colwise().sum();
+              if (hi < j0 + nj) seg = i + 1;
+            }
+          }
+          const Acc* w = ws.kernel.weigh(ws.q_set.data(), kt);
+          detail::bcast_product<true>(w, Index(1), ws.kernel.ld(), m, nj, ws.load_v(vh + j0 * d, nj, d).data(), d, d,
+                                      ws.rv.data(), d);
+        }
+        if (k_segments)
+          for (Index i = 0; i < m; ++i)
+            ws.kl.row(i) /= static_cast<Acc>(((i + 1) * nk + m - 1) / m - i * nk / m);
+        ws.kernel.prepare(ws.kl, k_sets.data() + bh * set_size);
         const Acc s = static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(d)));
-        ws.a.noalias() = s * ws.ql * kt.transpose();
+        ws.a.noalias() = s * ws.ql * ws.kl.transpose();
         ws.qn = ws.ql.rowwise().squaredNorm() * (s / 2);
-        ws.kn = kt.rowwise().squaredNorm() * (s / 2);
+        ws.kn = ws.kl.rowwise().squaredNorm() * (s / 2);
         ws.a = ((ws.a.array().colwise() - ws.qn.array()).rowwise() - ws.kn.transpose().array())
                    .min(Acc(0))
                    .exp()
@@ -445,26 +666,30 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
         stats[static_cast<size_t>(bh)] = detail::newton_run(ws.a, newton, ws.newton);
         if (soft_norm) {  // D^-1/2 pinv D^-1/2, D = diag(A 1): scale rows and columns
           ws.qn = ws.a.rowwise().sum().cwiseSqrt().cwiseInverse();
-          ws.newton.v = ws.qn.asDiagonal() * ws.newton.v * ws.qn.asDiagonal();
+          ws.newton.v() = ws.qn.asDiagonal() * ws.newton.v() * ws.qn.asDiagonal();
         }
-        MatrixMap<Acc>(y_all.data() + bh * m * dp, m, dp).leftCols(d).noalias() = ws.newton.v * ws.rv;
+        detail::bcast_product<false>(ws.newton.v_.data(), ws.newton.ld, Index(1), m, m, ws.rv.data(), d, d,
+                                     y_all.data() + bh * m * d, d);
       };
     });
 
-    // Pass 2, one item per kRowsPerItem query rows of one (b, h): the m landmarks Kt are the
-    // block (transposed once per item), the query rows come as key tiles, so the weight tile is
-    // P's rows (tile x m) and O = P Y is one product per tile, with no transposition of Q or O.
+    // Pass 2, one item per kRowsPerItem query rows of one (b, h): per tile of query rows the
+    // weight tile is P's rows (tile x m) and O = P Y is one product with packets along D, written
+    // straight to the output (float/double) or rounded once from a tile (half/bfloat16).
     const Index row_blocks = (sq.N + kRowsPerItem - 1) / kRowsPerItem;
     detail::parallel_for(parallel, heads * row_blocks, [&] {
-      return [&, ws = RowWorkspace(m, d, dp)](Index item) mutable {
+      return [&, ws = RowWorkspace(m, d)](Index item) mutable {
         const Index bh = item / row_blocks, b = bh / sq.H, h = bh % sq.H;
         const Index end = std::min(sq.N, (item % row_blocks + 1) * kRowsPerItem);
-        ws.block.start(ConstMatrixMap<Acc>(kt_all.data() + bh * m * d, m, d));
-        for (Index i0 = (item % row_blocks) * kRowsPerItem; i0 < end; i0 += Block::kBlockK) {
-          const Index rows = std::min(Block::kBlockK, end - i0);
-          const Acc* p = ws.block.weigh(ws.load_q(head(q, b, h).data() + i0 * d, rows, d));
-          detail::kq_product(p, ws.block.width(), rows, y_all.data() + bh * m * dp, dp, m, ws.o.data());
-          detail::store_rows(MatrixMap<Acc>(ws.o.data(), rows, dp).leftCols(d), head(out, b, h).data() + i0 * d);
+        const T* qh = head(q, b, h).data();
+        T* oh = head(out, b, h).data();
+        for (Index i0 = (item % row_blocks) * kRowsPerItem; i0 < end; i0 += tile) {
+          const Index rows = std::min(tile, end - i0);
+          const Acc* p = ws.kernel.weigh(k_sets.data() + bh * set_size, ws.load_q(qh + i0 * d, rows, d));
+          Acc* o = nullptr;
+          if constexpr (std::is_same<T, Acc>::value) o = oh + i0 * d; else o = ws.o.data();
+          detail::bcast_product<false>(p, ws.kernel.ld(), Index(1), rows, m, y_all.data() + bh * m * d, d, d, o, d);
+          if constexpr (!std::is_same<T, Acc>::value) detail::store_rows(MatrixMap<Acc>(o, rows, d), oh + i0 * d);
         }
       };
     });
@@ -497,23 +722,28 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
 
  private:
   using Acc = accum_t<T>;
-  using Block = detail::GaussianBlock<Acc>;
+
+  using Kernel = detail::LandmarkKernel<Acc>;
   using Vector = Eigen::Matrix<Acc, Eigen::Dynamic, 1>;
 
-  static constexpr Index kRowsPerItem = 2 * Block::kBlockK;
+  static constexpr Index kRowsPerItem = 2 * Kernel::kTile;
 
   struct HeadWorkspace {
-    HeadWorkspace(Index m, Index d) : block(d, m), ql(m, d), rv(m, d), a(m, m), qn(m), kn(m) {}
-    Block block;
-    RowMatrix<Acc> ql, rv, a;
+    HeadWorkspace(Index m, Index d)
+        : kernel(m, d), q_set(static_cast<size_t>(Kernel::set_size(m, d))), ql(m, d), kl(m, d), rv(m, d), a(m, m),
+          qn(m), kn(m) {}
+    Kernel kernel;
+    detail::AlignedBuffer<Acc> q_set;
+    RowMatrix<Acc> ql, kl, rv, a;
     Vector qn, kn;
     detail::NewtonWorkspace<Acc> newton;
     detail::TileLoader<T> load, load_k, load_v;
   };
   struct RowWorkspace {
-    RowWorkspace(Index m, Index d, Index dp) : block(d, m), o(static_cast<size_t>(Block::kBlockK * dp)) {}
-    Block block;
-    detail::AlignedBuffer<Acc> o;
+    RowWorkspace(Index m, Index d)
+        : kernel(m, d), o(std::is_same<T, Acc>::value ? 0 : static_cast<size_t>(Kernel::kTile * d)) {}
+    Kernel kernel;
+    detail::AlignedBuffer<Acc> o;  // half/bfloat16: one output tile before rounding
     detail::TileLoader<T> load_q;
   };
 
