@@ -15,6 +15,7 @@
 // results are correct for any finite input and the fast path pays nothing on ordinary data.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -116,22 +117,6 @@ void aft_col_max(const ConstMatrixMap<Acc>& k, Index rows, Acc* m) {
   for (Index t = 1; t < rows; ++t) mr = mr.max(Eigen::Map<const Row>(k.data() + t * d, d));
 }
 
-/// X[t] = [e^{K[t] - m} * V[t], e^{K[t] - m}, 0...] for t in [lo, hi) (row t at x + t * ldx).
-template <class Acc>
-void aft_exp_rows(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, const Acc* m, Index lo, Index hi,
-                  Index ldx, Acc* x) {
-  using Row = Eigen::Array<Acc, 1, Eigen::Dynamic>;
-  const Index d = k.cols();
-  const Eigen::Map<const Row> mr(m, d);
-  for (Index t = lo; t < hi; ++t) {
-    Acc* xt = x + t * ldx;
-    Eigen::Map<Row> e(xt + d, d);
-    e = (k.row(t).array() - mr).exp();
-    Eigen::Map<Row>(xt, d) = e * v.row(t).array();
-    std::fill(xt + 2 * d, xt + ldx, Acc(0));
-  }
-}
-
 template <class Acc, int NP>
 EIGEN_ALWAYS_INLINE void aft_wsum_block(const Acc* const* rows, const Acc* wts, Index n, Index off, Acc* acc) {
   namespace ei = Eigen::internal;
@@ -172,6 +157,131 @@ Acc aft_exact_ratio(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, 
     den += e;
   }
   return num / den;
+}
+
+/// True for AVX-512's 16-lane float packet (__m512, compared by traits: is_same on a vector type
+/// warns about its attributes).
+template <class P>
+constexpr bool kIsPacket16f = std::is_same<typename Eigen::internal::unpacket_traits<P>::type, float>::value &&
+                              Eigen::internal::unpacket_traits<P>::size == 16;
+
+/// e^x for x <= 0. With AVX-512 (float) a shorter form than exp_nonpositive: 2^n applied by
+/// vscalefps, so no clamp and no integer path (about 12 instructions instead of 17), and very
+/// negative x give 0. Same Cody-Waite reduction and Cephes polynomial, so the same accuracy.
+/// Other packets use exp_nonpositive.
+template <class P>
+EIGEN_ALWAYS_INLINE P aft_exp(const P& x) {
+#if defined(__AVX512F__)
+  if constexpr (kIsPacket16f<P>) {
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500E-4f), r, _mm512_set1_ps(1.3981999507E-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073E-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894E-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459E-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201E-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+  }
+#endif
+  return exp_nonpositive(x);
+}
+
+/// 1 / a per lane. With AVX-512 (float) an approximate reciprocal and one Newton step (about
+/// 1 ulp): a full-width division has a throughput of one per ~10 cycles and would bound AftSimple.
+template <class P>
+EIGEN_ALWAYS_INLINE P aft_reciprocal(const P& a) {
+#if defined(__AVX512F__)
+  if constexpr (kIsPacket16f<P>) {
+    const __m512 y = _mm512_rcp14_ps(a);
+    return _mm512_mul_ps(y, _mm512_fnmadd_ps(a, y, _mm512_set1_ps(2.0f)));
+  }
+#endif
+  using Scalar = typename Eigen::internal::unpacket_traits<P>::type;
+  return Eigen::internal::pdiv(Eigen::internal::pset1<P>(Scalar(1)), a);
+}
+
+/// X[t] = [e^{K[t] - m} * V[t], e^{K[t] - m}, 0...] for t in [lo, hi), row t at x + (t - lo) * ldx
+/// (m: a per-channel upper bound of those keys, packet-aligned).
+template <class Acc>
+void aft_exp_rows(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, const Acc* m, Index lo, Index hi,
+                  Index ldx, Acc* x) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
+  const Index d = k.cols();
+  for (Index t = lo; t < hi; ++t) {
+    Acc* xt = x + (t - lo) * ldx;
+    const Acc* kt = k.data() + t * d;
+    const Acc* vt = v.data() + t * d;
+    Index c = 0;
+    for (; c + L <= d; c += L) {
+      const P e = aft_exp(ei::psub(ei::ploadu<P>(kt + c), ei::pload<P>(m + c)));
+      ei::pstoreu(xt + d + c, e);
+      ei::pstoreu(xt + c, ei::pmul(e, ei::ploadu<P>(vt + c)));
+    }
+    for (; c < d; ++c) {
+      xt[d + c] = std::exp(kt[c] - m[c]);
+      xt[c] = xt[d + c] * vt[c];
+    }
+    std::fill(xt + 2 * d, xt + ldx, Acc(0));
+  }
+}
+
+/// Rows ahead that the streaming passes prefetch (the hardware prefetcher alone leaves the
+/// single-core L3 bandwidth half used on these short strided sweeps).
+constexpr Index kAftPrefetchRows = 64;
+
+/// As aft_exp_rows with the two halves apart, for rows [0, rows) of K and V (rows of D values,
+/// D a multiple of the packet width): ev[t] = e^{K[t] - m} * V[t] and e[t] = e^{K[t] - m}.
+template <class Acc>
+void aft_exp_rows_split(const Acc* k, const Acc* v, Index d, const Acc* m, Index rows, Acc* ev, Acc* e) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
+  for (Index t = 0; t < rows; ++t)
+    for (Index c = 0; c < d; c += L) {
+      // K and V come from L3 or memory (each item rereads them): ask ahead.
+      ei::prefetch(k + (t + kAftPrefetchRows) * d + c);
+      ei::prefetch(v + (t + kAftPrefetchRows) * d + c);
+      const P x = aft_exp(ei::psub(ei::ploadu<P>(k + t * d + c), ei::pload<P>(m + c)));
+      ei::pstoreu(e + t * d + c, x);
+      ei::pstoreu(ev + t * d + c, ei::pmul(x, ei::ploadu<P>(v + t * d + c)));
+    }
+}
+
+/// C (MR x NP packets, leading dimension ldc) += A * B over kc keys: A packed [kc][MR], B rows
+/// of stride ldb. The accumulators stay in registers for the whole depth.
+template <class Acc, int MR, int NP>
+EIGEN_ALWAYS_INLINE void aft_gemm_block(const Acc* a, const Acc* b, Index ldb, Index kc, Acc* c, Index ldc) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
+  P acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) acc[r][p] = ei::ploadu<P>(c + r * ldc + p * L);
+  for (Index k = 0; k < kc; ++k) {
+    P bb[NP];
+    for (int p = 0; p < NP; ++p) bb[p] = ei::ploadu<P>(b + k * ldb + p * L);
+    for (int r = 0; r < MR; ++r) {
+      const P ab = ei::pset1<P>(a[k * MR + r]);
+      for (int p = 0; p < NP; ++p) acc[r][p] = ei::pmadd(ab, bb[p], acc[r][p]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) ei::pstoreu(c + r * ldc + p * L, acc[r][p]);
+}
+
+/// C (MR x width) += A (packed [kc][MR]) * B (kc x width), width a multiple of the packet width.
+template <class Acc, int MR, int NP>
+void aft_gemm_panel(const Acc* a, const Acc* b, Index ldb, Index kc, Index width, Acc* c, Index ldc) {
+  constexpr Index L = kLanes<Acc>;
+  Index o = 0;
+  for (; o + NP * L <= width; o += NP * L) aft_gemm_block<Acc, MR, NP>(a, b + o, ldb, kc, c + o, ldc);
+  for (; o < width; o += L) aft_gemm_block<Acc, MR, 1>(a, b + o, ldb, kc, c + o, ldc);
 }
 
 /// d rounded up to the packet width: the row stride of padded Acc tiles.
@@ -229,9 +339,53 @@ template <class P>
 EIGEN_ALWAYS_INLINE P aft_scaled_sigmoid(const P& q, const P& scale) {
   namespace ei = Eigen::internal;
   using Scalar = typename ei::unpacket_traits<P>::type;
-  const P e = exp_nonpositive(ei::pnegate(ei::pabs(q)));
-  const P num = ei::pselect(ei::pcmp_lt(q, ei::pset1<P>(Scalar(0))), ei::pmul(scale, e), scale);
-  return ei::pdiv(num, ei::padd(ei::pset1<P>(Scalar(1)), e));
+  const P e = aft_exp(ei::por(q, ei::pset1<P>(Scalar(-0.0))));  // e^-|q|
+  const P r = ei::pmul(scale, aft_reciprocal(ei::padd(ei::pset1<P>(Scalar(1)), e)));
+#if defined(__AVX512F__)
+  if constexpr (kIsPacket16f<P>)  // one masked multiply (Eigen's pselect takes a vector mask)
+    return _mm512_mask_mul_ps(r, _mm512_cmp_ps_mask(q, _mm512_setzero_ps(), _CMP_LT_OQ), r, e);
+#endif
+  return ei::pselect(ei::pcmp_lt(q, ei::pset1<P>(Scalar(0))), ei::pmul(r, e), r);
+}
+
+/// One tile of AftSimple's sums for NP packets of channels (rows of stride ld): m = max(m, max_r k[r]);
+/// num, den rescaled to the new m, then num += sum_r e^{k[r] - m} v[r], den += sum_r e^{k[r] - m}.
+/// first: m, num, den hold nothing yet.
+template <class Acc, int NP>
+EIGEN_ALWAYS_INLINE void aft_sums_block(const Acc* kt, const Acc* vt, Index rows, Index ld, bool first, Acc* m,
+                                        Acc* num, Acc* den) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
+  P mx[NP], nu[NP], de[NP];
+  for (int p = 0; p < NP; ++p) mx[p] = ei::ploadu<P>(kt + p * L);
+  for (Index r = 1; r < rows; ++r)
+    for (int p = 0; p < NP; ++p) {
+      ei::prefetch(kt + (r + kAftPrefetchRows) * ld + p * L);
+      ei::prefetch(vt + (r + kAftPrefetchRows) * ld + p * L);
+      mx[p] = ei::pmax(mx[p], ei::ploadu<P>(kt + r * ld + p * L));
+    }
+  for (int p = 0; p < NP; ++p) {
+    nu[p] = de[p] = ei::pset1<P>(Acc(0));
+    if (!first) {
+      const P m_old = ei::pload<P>(m + p * L);
+      mx[p] = ei::pmax(mx[p], m_old);
+      const P alpha = aft_exp(ei::psub(m_old, mx[p]));
+      nu[p] = ei::pmul(ei::pload<P>(num + p * L), alpha);
+      de[p] = ei::pmul(ei::pload<P>(den + p * L), alpha);
+    }
+  }
+  for (Index r = 0; r < rows; ++r)
+    for (int p = 0; p < NP; ++p) {
+      const P e = aft_exp(ei::psub(ei::ploadu<P>(kt + r * ld + p * L), mx[p]));
+      nu[p] = ei::pmadd(e, ei::ploadu<P>(vt + r * ld + p * L), nu[p]);
+      de[p] = ei::padd(de[p], e);
+    }
+  for (int p = 0; p < NP; ++p) {
+    ei::pstore(m + p * L, mx[p]);
+    ei::pstore(num + p * L, nu[p]);
+    ei::pstore(den + p * L, de[p]);
+  }
 }
 
 /// y = sigma(q) * num / den for `rows` rows, with [num | den] rows at acc + r * lda; an element
@@ -239,15 +393,33 @@ EIGEN_ALWAYS_INLINE P aft_scaled_sigmoid(const P& q, const P& scale) {
 template <class Acc, class Exact>
 void aft_finish(const ConstMatrixMap<Acc>& q, const Acc* acc, Index lda, Index rows, Acc* y,
                 const Exact& exact) {
-  using Row = Eigen::Array<Acc, 1, Eigen::Dynamic>;
+  namespace ei = Eigen::internal;
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
   const Index d = q.cols();
+  const P tiny = ei::pset1<P>(aft_tiny<Acc>());
+  alignas(64) Acc lanes[L];
   for (Index r = 0; r < rows; ++r) {
     const Acc* a = acc + r * lda;
-    Eigen::Map<Row> yr(y + r * d, d);
-    yr = Eigen::Map<const Row>(a, d) / Eigen::Map<const Row>(a + d, d);
-    for (Index c = 0; c < d; ++c)
-      if (!(a[d + c] >= aft_tiny<Acc>())) yr[c] = exact(r, c);
-    yr *= (Acc(1) + (-q.row(r).array()).exp()).inverse();  // sigma(q) = 1 / (1 + e^-q): no overflow
+    const Acc* qr = q.data() + r * d;
+    Acc* yr = y + r * d;
+    Index c = 0;
+    for (; c + L <= d; c += L) {
+      const P den = ei::ploadu<P>(a + d + c);
+      P ratio = ei::pdiv(ei::ploadu<P>(a + c), den);
+      if (ei::predux_any(ei::pcmp_lt_or_nan(den, tiny))) {
+        ei::pstore(lanes, ratio);
+        for (Index l = 0; l < L; ++l)
+          if (!(a[d + c + l] >= aft_tiny<Acc>())) lanes[l] = exact(r, c + l);
+        ratio = ei::pload<P>(lanes);
+      }
+      ei::pstoreu(yr + c, aft_scaled_sigmoid(ei::ploadu<P>(qr + c), ratio));
+    }
+    for (; c < d; ++c) {
+      const Acc ratio = a[d + c] >= aft_tiny<Acc>() ? a[c] / a[d + c] : exact(r, c);
+      const Acc e = std::exp(-std::abs(qr[c]));  // sigma without overflow, as aft_scaled_sigmoid
+      yr[c] = ratio * (qr[c] < 0 ? e : Acc(1)) / (Acc(1) + e);
+    }
   }
 }
 
@@ -373,6 +545,7 @@ class AftSimple : public Attention<AftSimple<T>, T> {
   // Rows per tile: the tile's max is taken first, so the accumulators are rescaled once per tile
   // (not per row) and each K tile is read from memory once.
   static constexpr Index kTile = 64;
+  static constexpr Index kStreamBytes = Index(2) << 20;
 
   struct Workspace {
     Workspace(Index d)
@@ -410,44 +583,25 @@ class AftSimple : public Attention<AftSimple<T>, T> {
   // m = max_t K[t] per channel, num = sum_t e^{K[t] - m} V[t], den = sum_t e^{K[t] - m}: one pass
   // over K and V, a tile at a time (the tile's max first, so the sums are rescaled once per tile).
   void run_sums(const T* kp, const T* vp, Index n, Workspace& ws) const {
-    namespace ei = Eigen::internal;
-    using P = detail::Packet<Acc>;
     constexpr Index L = detail::kLanes<Acc>;
     const Index d = ws.d, ld = ws.ld;
+    Acc* const wm = ws.m.data();
+    Acc* const wnum = ws.num.data();
+    Acc* const wden = ws.den.data();
     for (Index t0 = 0; t0 < n; t0 += kTile) {
       const Index rows = std::min(kTile, n - t0);
       const Acc* kt = detail::aft_rows(kp + t0 * d, rows, d, ld, ws.tile.data());
       const Acc* vt = detail::aft_rows(vp + t0 * d, rows, d, ld, ws.tile.data() + kTile * ld);
-      for (Index c = 0; c < ld; c += L) {
-        P mx = ei::ploadu<P>(kt + c);
-        for (Index r = 1; r < rows; ++r) mx = ei::pmax(mx, ei::ploadu<P>(kt + r * ld + c));
-        P num = ei::pset1<P>(Acc(0)), den = num;
-        if (t0 > 0) {
-          const P m_old = ei::pload<P>(ws.m.data() + c);
-          mx = ei::pmax(mx, m_old);
-          const P alpha = detail::exp_nonpositive(ei::psub(m_old, mx));
-          num = ei::pmul(ei::pload<P>(ws.num.data() + c), alpha);
-          den = ei::pmul(ei::pload<P>(ws.den.data() + c), alpha);
+      // Up to 4 packets of channels at a time, rows in order (sequential memory, one exp per
+      // packet in flight per channel group).
+      for (Index c = 0; c < ld; c += 4 * L) {
+        const bool first = t0 == 0;
+        switch (std::min<Index>(4, (ld - c) / L)) {
+          case 4: detail::aft_sums_block<Acc, 4>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
+          case 3: detail::aft_sums_block<Acc, 3>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
+          case 2: detail::aft_sums_block<Acc, 2>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
+          default: detail::aft_sums_block<Acc, 1>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c);
         }
-        // Two accumulator pairs: the adds of consecutive rows do not wait on each other.
-        P num2 = ei::pset1<P>(Acc(0)), den2 = num2;
-        Index r = 0;
-        for (; r + 2 <= rows; r += 2) {
-          const P e0 = detail::exp_nonpositive(ei::psub(ei::ploadu<P>(kt + r * ld + c), mx));
-          const P e1 = detail::exp_nonpositive(ei::psub(ei::ploadu<P>(kt + (r + 1) * ld + c), mx));
-          num = ei::pmadd(e0, ei::ploadu<P>(vt + r * ld + c), num);
-          num2 = ei::pmadd(e1, ei::ploadu<P>(vt + (r + 1) * ld + c), num2);
-          den = ei::padd(den, e0);
-          den2 = ei::padd(den2, e1);
-        }
-        if (r < rows) {
-          const P e0 = detail::exp_nonpositive(ei::psub(ei::ploadu<P>(kt + r * ld + c), mx));
-          num = ei::pmadd(e0, ei::ploadu<P>(vt + r * ld + c), num);
-          den = ei::padd(den, e0);
-        }
-        ei::pstore(ws.m.data() + c, mx);
-        ei::pstore(ws.num.data() + c, ei::padd(num, num2));
-        ei::pstore(ws.den.data() + c, ei::padd(den, den2));
       }
     }
   }
@@ -458,16 +612,35 @@ class AftSimple : public Attention<AftSimple<T>, T> {
     using P = detail::Packet<Acc>;
     constexpr Index L = detail::kLanes<Acc>;
     const Index d = ws.d, ld = ws.ld;
+    Acc* const ratio = ws.num.data();
+    // A head's output larger than a core's L2 is written with streaming stores (no read for
+    // ownership: about a third less memory traffic at N = 16384).
+    [[maybe_unused]] const bool stream =
+        n * d * static_cast<Index>(sizeof(T)) >= kStreamBytes && reinterpret_cast<std::uintptr_t>(op) % 64 == 0;
     for (Index c = 0; c < ld; c += L)
-      ei::pstore(ws.num.data() + c, ei::pdiv(ei::pload<P>(ws.num.data() + c), ei::pload<P>(ws.den.data() + c)));
+      ei::pstore(ratio + c, ei::pdiv(ei::pload<P>(ratio + c), ei::pload<P>(ws.den.data() + c)));
     for (Index t0 = 0; t0 < n; t0 += kTile) {
       const Index rows = std::min(kTile, n - t0);
       const Acc* qt = detail::aft_rows(qp + t0 * d, rows, d, ld, ws.tile.data());
       Acc* y = detail::aft_out_rows(op + t0 * d, d, ld, ws.tile.data() + kTile * ld);
+#if defined(__AVX512F__)
+      if constexpr (std::is_same<Acc, float>::value && L == 16) {
+        if (stream && static_cast<const void*>(y) == static_cast<const void*>(op + t0 * d)) {
+          for (Index r = 0; r < rows; ++r)
+            for (Index c = 0; c < ld; c += L) {
+              ei::prefetch(qt + (r + detail::kAftPrefetchRows) * ld + c);
+              _mm512_stream_ps(y + r * ld + c, detail::aft_scaled_sigmoid(ei::ploadu<P>(qt + r * ld + c), ei::pload<P>(ratio + c)));
+            }
+          if (t0 + rows == n) _mm_sfence();  // order the streamed rows before the caller reads them
+          continue;
+        }
+      }
+#endif
       for (Index r = 0; r < rows; ++r)
-        for (Index c = 0; c < ld; c += L)
-          ei::pstoreu(y + r * ld + c,
-                      detail::aft_scaled_sigmoid(ei::ploadu<P>(qt + r * ld + c), ei::pload<P>(ws.num.data() + c)));
+        for (Index c = 0; c < ld; c += L) {
+          ei::prefetch(qt + (r + detail::kAftPrefetchRows) * ld + c);
+          ei::pstoreu(y + r * ld + c, detail::aft_scaled_sigmoid(ei::ploadu<P>(qt + r * ld + c), ei::pload<P>(ratio + c)));
+        }
       detail::aft_store_rows(y, rows, d, ld, op + t0 * d);
     }
   }
@@ -542,51 +715,62 @@ class AftFull : public Attention<AftFull<T>, T> {
       return;
     }
     const Shape4 s = shape_of(q);
-    const Acc* panels = bias_->panels(causal);
-    const Index chunks = (s.N + kChunk - 1) / kChunk;
-    // One item = kChunk query rows of one (b, h).
-    detail::parallel_for(parallel, s.B * s.H * chunks, [&] {
-      return [&, ws = Workspace(s.N, s.D)](Index item) mutable {
-        const Index bh = item / chunks, b = bh / s.H, h = bh % s.H;
-        const Index i0 = (item % chunks) * kChunk;
-        run_chunk(head(q, b, h).data(), head(k, b, h).data(), head(v, b, h).data(), s.N, h, i0,
-                  std::min(kChunk, s.N - i0), panels, ws, head(out, b, h).data());
+    const Acc* packed = bias_->packed(causal);
+    const Index blocks = (s.N + kRows - 1) / kRows;
+    // One item = kRows query rows of every head that shares a bias slot (all H heads for a
+    // shared bias, else one head) of one batch: each key chunk of packed exp(w) is then read
+    // from memory once for all those heads. About N / 192 items per batch, so threads balance.
+    const Index group = bias_->w.dimension(0) == 1 ? s.H : 1, hgroups = s.H / group;
+    detail::parallel_for(parallel, s.B * hgroups * blocks, [&] {
+      return [&, ws = Workspace(s.D, group)](Index item) mutable {
+        const Index bg = item / blocks, b = bg / hgroups, h0 = (bg % hgroups) * group;
+        const Index i0 = (item % blocks) * kRows;
+        run_rows(q, k, v, b, h0, group, i0, std::min(kRows, s.N - i0), packed, ws, out);
       };
     });
   }
 
  private:
-  static constexpr Index kBlockQ = 4 * detail::kLanes<Acc>;  // queries per panel (vp_product's block)
-#ifndef SF_AFT_BK
-#define SF_AFT_BK 64
-#endif
-  static constexpr Index kBlockK = SF_AFT_BK;  // keys per product: the panel tile stays in L1
-  // Query rows per work item: X is rebuilt per item (N D exponentials), so an item should carry
-  // enough rows to amortise it, and there should still be several items per head for threads.
-  static constexpr Index kChunk = 4 * kBlockQ;
+  // The product exp(w) (N x N) * X (N x 2D) as a register-blocked GEMM: kMR query rows by kNP
+  // packets of X's columns per block (6 x 4 = 24 accumulators of AVX-512's 32 registers; 6 x 2
+  // with 16 registers). The depth (keys) is cut in chunks of kKC; per chunk and head the chunk's
+  // X rows (kKC x 2D, 64 KiB for D = 64) are built once, and each row group's packed exp(w)
+  // (kMR x kKC) stays in L1 across X's column blocks, which stay in L2. The item's exp(w) chunk
+  // (kRows x kKC) stays in L2 across its heads, and so do their [num | den] accumulators.
+  static constexpr int kMR = 6;
+  static constexpr int kNP = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 4 : 2;
+  static constexpr Index kKC = 128;
+  // Query rows per work item: X is rebuilt per item (kend x D exponentials against 2 kRows kend D
+  // multiply-adds per head).
+  static constexpr Index kRows = 32 * kMR;
 
-  // exp(w) per head slot, stored transposed in panels of kBlockQ queries: panel p holds rows
-  // j = 0..N-1 (keys) x kBlockQ columns (queries p*kBlockQ + i), the layout vp_product reads.
-  // Row t is shifted by max_t' w[t, t'] over its summed keys (all, or t' <= t when causal; the
-  // causal table is zero above the diagonal), so entries are <= 1 and the shift cancels in the
-  // ratio. Each variant is built on first use, once, and shared by every copy of the functor.
+  // exp(w) per head slot, packed in chunks of kKC keys, each chunk as row groups of kMR queries
+  // key-major: group g of chunk c holds its keys j, each as kMR consecutive values (queries
+  // g*kMR + r; rows past N are zero), the order aft_gemm_block reads A in; an item's groups of
+  // one chunk are contiguous. Row t is shifted by max_t' w[t, t'] over its summed keys
+  // (all, or t' <= t when causal; the causal table is zero above the diagonal), so entries are
+  // <= 1 and the shift cancels in the ratio. Each variant is built on first use, once, and
+  // shared by every copy of the functor.
   struct Cache {
     explicit Cache(const AftWeights<T>& w_) : w(w_) {}
-    const Acc* panels(bool causal_) const {
+    const Acc* packed(bool causal_) const {
       const int c = causal_ ? 1 : 0;
       std::call_once(once[c], [&] { build(causal_, table[c]); });
       return table[c].data();
     }
     void build(bool causal_, detail::AlignedBuffer<Acc>& tab) const {
-      const Index slots = w.dimension(0), n = w.dimension(1), np = (n + kBlockQ - 1) / kBlockQ;
-      tab.assign(static_cast<size_t>(slots * np * n * kBlockQ), Acc(0));
+      const Index slots = w.dimension(0), n = w.dimension(1), ng = (n + kMR - 1) / kMR;
+      tab.assign(static_cast<size_t>(slots * ng * n * kMR), Acc(0));
       for (Index hs = 0; hs < slots; ++hs) {
         const auto wh = detail::aft_slot(w, hs);
         for (Index t = 0; t < n; ++t) {
           const Index last = causal_ ? t : n - 1;
           const Acc mx = wh.row(t).head(last + 1).maxCoeff();
-          Acc* col = tab.data() + ((hs * np + t / kBlockQ) * n) * kBlockQ + t % kBlockQ;
-          for (Index j = 0; j <= last; ++j) col[j * kBlockQ] = std::exp(wh(t, j) - mx);
+          for (Index j = 0; j <= last; ++j) {
+            const Index j0 = j / kKC * kKC, chunk = std::min(kKC, n - j0);
+            tab[static_cast<size_t>(hs * ng * n * kMR + j0 * ng * kMR + ((t / kMR) * chunk + j - j0) * kMR + t % kMR)] =
+                std::exp(wh(t, j) - mx);
+          }
         }
       }
     }
@@ -596,44 +780,111 @@ class AftFull : public Attention<AftFull<T>, T> {
   };
 
   struct Workspace {
-    Workspace(Index n, Index d)
-        : d(d), ldx(detail::aft_ld<Acc>(d)), x(static_cast<size_t>(n * ldx)),
-          ot(static_cast<size_t>(ldx * kBlockQ)), acc(static_cast<size_t>(kBlockQ * ldx)), m(static_cast<size_t>(d)),
-          y(kBlockQ, d) {}
-    Index d, ldx;
-    detail::AlignedBuffer<Acc> x, ot, acc, m;
+    Workspace(Index d, Index heads)
+        : d(d), ldx(detail::aft_ld<Acc>(d)), dp(detail::aft_pad<Acc>(d)), x(static_cast<size_t>(kKC * ldx)),
+          kv(static_cast<size_t>(2 * kKC * d)), acc(static_cast<size_t>(heads * kRows * ldx)),
+          m(static_cast<size_t>(heads * dp)), m_src(static_cast<size_t>(heads), nullptr),
+          m_rows(static_cast<size_t>(heads), 0), y(kRows, d) {}
+    Index d, ldx, dp;
+    detail::AlignedBuffer<Acc> x, kv, acc, m;  // X chunk; K, V chunk; [num | den] per head; key max per head
+    std::vector<const T*> m_src;               // m of head i is the max of keys [0, m_rows[i]) of m_src[i]
+    std::vector<Index> m_rows;
     RowMatrix<Acc> y;
     detail::TileLoader<T> load_q, load_k, load_v;
   };
 
-  // Query rows [c0, c0 + rows) of one head.
-  void run_chunk(const T* qp, const T* kp, const T* vp, Index n, Index h, Index c0, Index rows, const Acc* panels,
-                 Workspace& ws, T* op) const {
-    const Index d = ws.d, ldx = ws.ldx, np = (n + kBlockQ - 1) / kBlockQ;
-    const Index slot = bias_->w.dimension(0) == 1 ? 0 : h;
-    // Keys these rows see; shifted by their max, so the chunk's last row has a term equal to 1.
-    const Index kend = causal ? c0 + rows : n;
-    const auto kk = ws.load_k(kp, kend, d);
-    const auto vv = ws.load_v(vp, kend, d);
-    detail::aft_col_max(kk, kend, ws.m.data());
-    detail::aft_exp_rows(kk, vv, ws.m.data(), 0, kend, ldx, ws.x.data());
+  // m = max over keys [0, kend) of head i's K, kept from this thread's previous item of the same
+  // head (extended when kend grew; a max is exact, so the result does not depend on the order).
+  void key_max(const T* kp, Index kend, Index i, Workspace& ws) const {
+    namespace ei = Eigen::internal;
+    using P = detail::Packet<Acc>;
+    constexpr Index L = detail::kLanes<Acc>;
+    const Index d = ws.d;
+    Acc* m = ws.m.data() + i * ws.dp;
+    const auto si = static_cast<size_t>(i);
+    Index from = ws.m_rows[si];
+    if (kp != ws.m_src[si] || kend < from) {
+      std::fill(m, m + ws.dp, -std::numeric_limits<Acc>::infinity());
+      from = 0;
+    }
+    for (Index t0 = from; t0 < kend; t0 += kKC) {
+      const Index rows = std::min(kKC, kend - t0);
+      const Acc* kt = detail::aft_rows(kp + t0 * d, rows, d, d, ws.kv.data());
+      Index c = 0;
+      for (; c + L <= d; c += L) {
+        P mx = ei::pload<P>(m + c);
+        for (Index r = 0; r < rows; ++r) mx = ei::pmax(mx, ei::ploadu<P>(kt + r * d + c));
+        ei::pstore(m + c, mx);
+      }
+      for (; c < d; ++c)
+        for (Index r = 0; r < rows; ++r) m[c] = std::max(m[c], kt[r * d + c]);
+    }
+    ws.m_src[si] = kp;
+    ws.m_rows[si] = kend;
+  }
+
+  // Query rows [i0, i0 + rows) of heads h0 .. h0 + heads - 1 of batch b (one bias slot).
+  void run_rows(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v, Index b, Index h0,
+                Index heads, Index i0, Index rows, const Acc* packed, Workspace& ws, const View4<T>& out) const {
+    const Index n = q.dimension(2), d = ws.d, ldx = ws.ldx, ng = (n + kMR - 1) / kMR;
+    constexpr Index L = detail::kLanes<Acc>;
+    const Index slot = bias_->w.dimension(0) == 1 ? 0 : h0;
+    // Keys these rows see; shifted by their max, so the block's last row has a term equal to 1.
+    const Index kend = causal ? i0 + rows : n;
+    for (Index i = 0; i < heads; ++i) key_max(head(k, b, h0 + i).data(), kend, i, ws);
+    std::fill(ws.acc.begin(), ws.acc.end(), Acc(0));
+    const Index g0 = i0 / kMR, g1 = (i0 + rows + kMR - 1) / kMR;  // kRows is a multiple of kMR
+    constexpr Index kCols = kNP * L;
+    for (Index j0 = 0; j0 < kend; j0 += kKC) {
+      const Index kc = std::min(kKC, kend - j0), chunk = std::min(kKC, n - j0);
+      const Acc* a = packed + slot * ng * n * kMR + j0 * ng * kMR;  // this key chunk's groups
+      for (Index i = 0; i < heads; ++i) {
+        const Acc* kt = detail::aft_rows(head(k, b, h0 + i).data() + j0 * d, kc, d, d, ws.kv.data());
+        const Acc* vt = detail::aft_rows(head(v, b, h0 + i).data() + j0 * d, kc, d, d, ws.kv.data() + kKC * d);
+        // The chunk of X as column panels {data, stride, width, column of [num | den]}: when D
+        // is a multiple of the packet width, e^K V and e^K apart (kc x D each, contiguous), else
+        // rows of ldx.
+        struct Panel {
+          const Acc* b;
+          Index ldb, width, col;
+        } panels[2];
+        int np = 1;
+        const Acc* m = ws.m.data() + i * ws.dp;
+        if (d % L == 0) {
+          detail::aft_exp_rows_split(kt, vt, d, m, kc, ws.x.data(), ws.x.data() + kKC * d);
+          panels[0] = Panel{ws.x.data(), d, d, 0};
+          panels[1] = Panel{ws.x.data() + kKC * d, d, d, d};
+          np = 2;
+        } else {
+          detail::aft_exp_rows(ConstMatrixMap<Acc>(kt, kc, d), ConstMatrixMap<Acc>(vt, kc, d), m, 0, kc, ldx,
+                               ws.x.data());
+          panels[0] = Panel{ws.x.data(), ldx, ldx, 0};
+        }
+        Acc* acc = ws.acc.data() + i * kRows * ldx;
+        // Row group outer: its exp(w) chunk is read once for every column block.
+        for (Index g = g0; g < g1; ++g) {
+          // Causal: keys past the group's last row are zero in the table; skip them.
+          const Index kg = causal ? std::min(kc, (g + 1) * kMR - j0) : kc;
+          if (kg <= 0) continue;
+          for (int pi = 0; pi < np; ++pi)
+            for (Index o = 0; o < panels[pi].width; o += kCols)
+              detail::aft_gemm_panel<Acc, kMR, kNP>(a + g * chunk * kMR, panels[pi].b + o, panels[pi].ldb, kg,
+                                                     std::min(kCols, panels[pi].width - o),
+                                                     acc + (g - g0) * kMR * ldx + panels[pi].col + o, ldx);
+        }
+      }
+    }
     const auto wh = detail::aft_slot(bias_->w, slot);
-    for (Index i0 = c0; i0 < c0 + rows; i0 += kBlockQ) {
-      const Index prow = std::min(kBlockQ, n - i0);
-      const Index nk = causal ? std::min(n, i0 + kBlockQ) : n;
-      const Acc* pan = panels + ((slot * np + i0 / kBlockQ) * n) * kBlockQ;
-      std::fill(ws.ot.begin(), ws.ot.end(), Acc(0));
-      for (Index j0 = 0; j0 < nk; j0 += kBlockK)
-        detail::vp_product(ws.x.data() + j0 * ldx, ldx, std::min(kBlockK, nk - j0), 2 * d, pan + j0 * kBlockQ,
-                           kBlockQ, ws.ot.data());
-      for (Index r = 0; r < prow; ++r)
-        for (Index c = 0; c < 2 * d; ++c) ws.acc[static_cast<size_t>(r * ldx + c)] = ws.ot[static_cast<size_t>(c * kBlockQ + r)];
-      const auto qq = ws.load_q(qp + i0 * d, prow, d);
-      detail::aft_finish(qq, ws.acc.data(), ldx, prow, ws.y.data(), [&](Index r, Index c) {
-        const Index t = i0 + r;
-        return detail::aft_exact_ratio(kk, vv, c, causal ? t : n - 1, [&](Index tp) { return wh(t, tp); });
+    for (Index i = 0; i < heads; ++i) {
+      const T* kp = head(k, b, h0 + i).data();
+      const T* vp = head(v, b, h0 + i).data();
+      const auto qq = ws.load_q(head(q, b, h0 + i).data() + i0 * d, rows, d);
+      detail::aft_finish(qq, ws.acc.data() + i * kRows * ldx, ldx, rows, ws.y.data(), [&](Index r, Index c) {
+        const Index t = i0 + r;  // rare: the whole head's keys, converted on demand
+        return detail::aft_exact_ratio(ws.load_k(kp, n, d), ws.load_v(vp, n, d), c, causal ? t : n - 1,
+                                       [&](Index tp) { return wh(t, tp); });
       });
-      detail::store_rows(ws.y.topRows(prow), op + i0 * d);
+      detail::store_rows(ws.y.topRows(rows), head(out, b, h0 + i).data() + i0 * d);
     }
   }
 
@@ -687,7 +938,7 @@ class AftLocal : public Attention<AftLocal<T>, T> {
           const Index tp = t - (window - 1) + j;
           if (tp >= 0 && tp < n) band(hs, t, j) = w(hs, t, tp);
         }
-    band_ = std::make_shared<const Band>(Band{window, std::move(band)});
+    band_ = std::make_shared<const Band>(window, std::move(band));
     return *this;
   }
   /// Sets the bias directly as its band [1 or H, N, 2s - 1]: band[h, t, j] = w[t, t - (s - 1) + j]
@@ -699,7 +950,7 @@ class AftLocal : public Attention<AftLocal<T>, T> {
       detail::fail(kName, "band has shape [", d[0], ", ", d[1], ", ", d[2],
                    "]: the last dimension must be 2s - 1 (odd) for a window s");
     window = (d[2] + 1) / 2;
-    band_ = std::make_shared<const Band>(Band{window, band});
+    band_ = std::make_shared<const Band>(window, band);
     return *this;
   }
   void clear_bias() { band_.reset(); }
@@ -733,9 +984,35 @@ class AftLocal : public Attention<AftLocal<T>, T> {
   }
 
  private:
+  // The band, and per variant (non-causal, causal) the weights every row uses, built once on
+  // first use and shared by copies: ew[slot, t, j] = e^{w - r_t} inside row t's window (zero
+  // elsewhere) and eo[slot, t] = e^{-r_t} for the keys outside it, with r_t = max(0, max of w over
+  // the window), so every weight is <= 1.
   struct Band {
+    Band(Index s_, AftWeights<T> w_) : s(s_), w(std::move(w_)) {}
+    void weights(bool causal_, Index n, const Acc** ew_out, const Acc** eo_out) const {
+      const int c = causal_ ? 1 : 0;
+      std::call_once(once[c], [&] {
+        const Index slots = w.dimension(0), nb = 2 * s - 1;
+        ew[c].assign(static_cast<size_t>(slots * n * nb), Acc(0));
+        eo[c].assign(static_cast<size_t>(slots * n), Acc(0));
+        for (Index hs = 0; hs < slots; ++hs)
+          for (Index t = 0; t < n; ++t) {
+            const Index lo = std::max<Index>(0, t - s + 1) - t + s - 1;
+            const Index hi = (causal_ ? t : std::min(n - 1, t + s - 1)) - t + s - 1;
+            Acc r = 0;
+            for (Index j = lo; j <= hi; ++j) r = std::max(r, w(hs, t, j));
+            eo[c][static_cast<size_t>(hs * n + t)] = std::exp(-r);
+            for (Index j = lo; j <= hi; ++j) ew[c][static_cast<size_t>((hs * n + t) * nb + j)] = std::exp(w(hs, t, j) - r);
+          }
+      });
+      *ew_out = ew[c].data();
+      *eo_out = eo[c].data();
+    }
     Index s;
     AftWeights<T> w;  // [1 or H, N, 2s - 1]
+    mutable std::once_flag once[2];
+    mutable detail::AlignedBuffer<Acc> ew[2], eo[2];
   };
   // Causal rows are processed in blocks shifted by the max of K over the keys the block sees.
   static constexpr Index kBlock = 64;
@@ -768,20 +1045,21 @@ class AftLocal : public Attention<AftLocal<T>, T> {
     Vec run(ws.run.data(), ldx);
     const Index slot = band_ ? (band_->w.dimension(0) == 1 ? 0 : h) : 0;
 
-    // Row t: acc = e^{-r} * outside + sum over the window of e^{w - r} X[t'], with
-    // r = max(0, max of w over the window), so every weight is <= 1.
+    // Row t: acc = e^{-r} * outside + sum over the window of e^{w - r} X[t'] (Band's weights;
+    // all 1 without a bias).
+    const Acc *ew = nullptr, *eo = nullptr;
+    if (band_) band_->weights(causal, n, &ew, &eo);
+    const Index nb = 2 * s - 1;
+    if (!band_) std::fill(ws.wts.begin(), ws.wts.end(), Acc(1));
     const auto do_row = [&](Index t, const Acc* outside) {
       const Index lo = std::max<Index>(0, t - s + 1), hi = causal ? t : std::min(n - 1, t + s - 1);
-      Acc r = 0;
-      if (band_)
-        for (Index tp = lo; tp <= hi; ++tp) r = std::max(r, band_->w(slot, t, tp - t + s - 1));
-      Index cnt = 0;
+      const Index cnt = hi - lo + 1;
       ws.rows[0] = outside;
-      ws.wts[0] = std::exp(-r);
-      for (Index tp = lo; tp <= hi; ++tp) {
-        ++cnt;
-        ws.rows[static_cast<size_t>(cnt)] = x + tp * ldx;
-        ws.wts[static_cast<size_t>(cnt)] = band_ ? std::exp(band_->w(slot, t, tp - t + s - 1) - r) : Acc(1);
+      for (Index i = 0; i < cnt; ++i) ws.rows[static_cast<size_t>(i + 1)] = x + (lo + i) * ldx;
+      if (band_) {
+        ws.wts[0] = eo[slot * n + t];
+        const Acc* e = ew + (slot * n + t) * nb + (lo - t + s - 1);
+        std::copy(e, e + cnt, ws.wts.begin() + 1);
       }
       detail::aft_weighted_sum(ws.rows.data(), ws.wts.data(), cnt + 1, ldx, ws.acc.data());
       const auto qt = ConstMatrixMap<Acc>(qq.data() + t * d, 1, d);
@@ -822,7 +1100,10 @@ class AftLocal : public Attention<AftLocal<T>, T> {
           run.segment(d, d) *= f;
         }
         m = m_new;
-        detail::aft_exp_rows(kk, vv, ws.m.data(), std::max<Index>(0, b0 - s), b1, ldx, x);
+        {
+          const Index lo = std::max<Index>(0, b0 - s);
+          detail::aft_exp_rows(kk, vv, ws.m.data(), lo, b1, ldx, x + lo * ldx);
+        }
         for (Index t = b0; t < b1; ++t) {
           if (t - s >= 0) run += row(x, t - s);
           do_row(t, ws.run.data());
