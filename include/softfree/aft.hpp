@@ -159,37 +159,6 @@ Acc aft_exact_ratio(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, 
   return num / den;
 }
 
-/// True for AVX-512's 16-lane float packet (__m512, compared by traits: is_same on a vector type
-/// warns about its attributes).
-template <class P>
-constexpr bool kIsPacket16f = std::is_same<typename Eigen::internal::unpacket_traits<P>::type, float>::value &&
-                              Eigen::internal::unpacket_traits<P>::size == 16;
-
-/// e^x for x <= 0. With AVX-512 (float) a shorter form than exp_nonpositive: 2^n applied by
-/// vscalefps, so no clamp and no integer path (about 12 instructions instead of 17), and very
-/// negative x give 0. Same Cody-Waite reduction and Cephes polynomial, so the same accuracy.
-/// Other packets use exp_nonpositive.
-template <class P>
-EIGEN_ALWAYS_INLINE P aft_exp(const P& x) {
-#if defined(__AVX512F__)
-  if constexpr (kIsPacket16f<P>) {
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500E-4f), r, _mm512_set1_ps(1.3981999507E-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073E-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894E-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459E-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201E-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(y, n);
-  }
-#endif
-  return exp_nonpositive(x);
-}
-
 /// 1 / a per lane. With AVX-512 (float) an approximate reciprocal and one Newton step (about
 /// 1 ulp): a full-width division has a throughput of one per ~10 cycles and would bound AftSimple.
 template <class P>
@@ -219,7 +188,7 @@ void aft_exp_rows(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, co
     const Acc* vt = v.data() + t * d;
     Index c = 0;
     for (; c + L <= d; c += L) {
-      const P e = aft_exp(ei::psub(ei::ploadu<P>(kt + c), ei::pload<P>(m + c)));
+      const P e = exp_nonpositive(ei::psub(ei::ploadu<P>(kt + c), ei::pload<P>(m + c)));
       ei::pstoreu(xt + d + c, e);
       ei::pstoreu(xt + c, ei::pmul(e, ei::ploadu<P>(vt + c)));
     }
@@ -247,7 +216,7 @@ void aft_exp_rows_split(const Acc* k, const Acc* v, Index d, const Acc* m, Index
       // K and V come from L3 or memory (each item rereads them): ask ahead.
       ei::prefetch(k + (t + kAftPrefetchRows) * d + c);
       ei::prefetch(v + (t + kAftPrefetchRows) * d + c);
-      const P x = aft_exp(ei::psub(ei::ploadu<P>(k + t * d + c), ei::pload<P>(m + c)));
+      const P x = exp_nonpositive(ei::psub(ei::ploadu<P>(k + t * d + c), ei::pload<P>(m + c)));
       ei::pstoreu(e + t * d + c, x);
       ei::pstoreu(ev + t * d + c, ei::pmul(x, ei::ploadu<P>(v + t * d + c)));
     }
@@ -339,7 +308,7 @@ template <class P>
 EIGEN_ALWAYS_INLINE P aft_scaled_sigmoid(const P& q, const P& scale) {
   namespace ei = Eigen::internal;
   using Scalar = typename ei::unpacket_traits<P>::type;
-  const P e = aft_exp(ei::por(q, ei::pset1<P>(Scalar(-0.0))));  // e^-|q|
+  const P e = exp_nonpositive(ei::por(q, ei::pset1<P>(Scalar(-0.0))));  // e^-|q|
   const P r = ei::pmul(scale, aft_reciprocal(ei::padd(ei::pset1<P>(Scalar(1)), e)));
 #if defined(__AVX512F__)
   if constexpr (kIsPacket16f<P>)  // one masked multiply (Eigen's pselect takes a vector mask)
@@ -370,14 +339,14 @@ EIGEN_ALWAYS_INLINE void aft_sums_block(const Acc* kt, const Acc* vt, Index rows
     if (!first) {
       const P m_old = ei::pload<P>(m + p * L);
       mx[p] = ei::pmax(mx[p], m_old);
-      const P alpha = aft_exp(ei::psub(m_old, mx[p]));
+      const P alpha = exp_nonpositive(ei::psub(m_old, mx[p]));
       nu[p] = ei::pmul(ei::pload<P>(num + p * L), alpha);
       de[p] = ei::pmul(ei::pload<P>(den + p * L), alpha);
     }
   }
   for (Index r = 0; r < rows; ++r)
     for (int p = 0; p < NP; ++p) {
-      const P e = aft_exp(ei::psub(ei::ploadu<P>(kt + r * ld + p * L), mx[p]));
+      const P e = exp_nonpositive(ei::psub(ei::ploadu<P>(kt + r * ld + p * L), mx[p]));
       nu[p] = ei::pmadd(e, ei::ploadu<P>(vt + r * ld + p * L), nu[p]);
       de[p] = ei::padd(de[p], e);
     }

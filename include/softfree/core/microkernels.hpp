@@ -27,27 +27,41 @@ constexpr Index kLanes = Eigen::internal::unpacket_traits<Packet<Acc>>::size;
 template <class Acc>
 using AlignedBuffer = std::vector<Acc, Eigen::aligned_allocator<Acc>>;
 
-/// exp(x) for x <= 0 (scores minus their running max), a leaner form of Eigen's pexp for float:
-/// no upper clamp and a two-instruction 2^m since m lies in [-126, 0]. Below -87.3 it returns
-/// about 1e-38 rather than 0 (callers zero masked entries themselves). Relative error is that of
-/// Cephes' polynomial, about 2 ulp. Other types use Eigen's pexp.
+/// True for a 16-lane float packet (AVX-512). Tested through unpacket_traits: naming __m512 in
+/// std::is_same makes GCC warn about its vector attributes.
+template <class P>
+constexpr bool kIsPacket16f = std::is_same<typename Eigen::internal::unpacket_traits<P>::type, float>::value &&
+                              Eigen::internal::unpacket_traits<P>::size == 16;
+
+/// exp(x) for x <= 0 (scores minus their running max; -inf allowed), a leaner form of Eigen's
+/// pexp for float: no upper clamp, and 2^m applied directly. With AVX-512 one vscalefps does it
+/// and x below -104 (where float's exp underflows) gives exactly 0; elsewhere 2^m is built in the
+/// exponent bits, so x is clamped at -87.3 and the result there is about 1e-38 rather than 0.
+/// Relative error is that of Cephes' polynomial, about 2 ulp. Other types use Eigen's pexp.
 template <class P>
 EIGEN_ALWAYS_INLINE P exp_nonpositive(const P& x) {
   namespace ei = Eigen::internal;
   using Scalar = typename ei::unpacket_traits<P>::type;
   if constexpr (std::is_same<Scalar, float>::value) {
-    const P xc = ei::pmax(x, ei::pset1<P>(-87.3f));
+#if defined(__AVX512F__)
+    constexpr float kLowest = kIsPacket16f<P> ? -104.0f : -87.3f;
+#else
+    constexpr float kLowest = -87.3f;
+#endif
+    const P xc = ei::pmax(x, ei::pset1<P>(kLowest));
     const P m = ei::print(ei::pmul(xc, ei::pset1<P>(1.44269504088896341f)));
     P r = ei::pmadd(m, ei::pset1<P>(-0.693359375f), xc);  // Cody-Waite split of ln 2
     r = ei::pmadd(m, ei::pset1<P>(2.12194440e-4f), r);
-    const P r2 = ei::pmul(r, r), r3 = ei::pmul(r2, r);
     P y = ei::pmadd(ei::pset1<P>(1.9875691500E-4f), r, ei::pset1<P>(1.3981999507E-3f));
-    P y1 = ei::pmadd(ei::pset1<P>(4.1665795894E-2f), r, ei::pset1<P>(1.6666665459E-1f));
-    const P y2 = ei::padd(r, ei::pset1<P>(1.0f));
     y = ei::pmadd(y, r, ei::pset1<P>(8.3334519073E-3f));
-    y1 = ei::pmadd(y1, r, ei::pset1<P>(5.0000001201E-1f));
-    y = ei::pmadd(y, r3, y1);
-    y = ei::pmadd(y, r2, y2);
+    y = ei::pmadd(y, r, ei::pset1<P>(4.1665795894E-2f));
+    y = ei::pmadd(y, r, ei::pset1<P>(1.6666665459E-1f));
+    y = ei::pmadd(y, r, ei::pset1<P>(5.0000001201E-1f));
+    y = ei::pmadd(y, r, ei::pset1<P>(1.0f));
+    y = ei::pmadd(y, r, ei::pset1<P>(1.0f));
+#if defined(__AVX512F__)
+    if constexpr (kIsPacket16f<P>) return _mm512_scalef_ps(y, m);
+#endif
     using PI = typename ei::unpacket_traits<P>::integer_packet;
     const PI e = ei::padd(ei::pcast<P, PI>(m), ei::pset1<PI>(127));
     return ei::pmul(y, ei::preinterpret<P>(ei::plogical_shift_left<23>(e)));
