@@ -93,19 +93,6 @@ class SimA : public Attention<SimA<T>, T> {
   // shapes; they need D to be a whole number of packets (64 and 128 are).
   static bool packet_kernels(Index d) { return d % detail::kLanes<Acc> == 0; }
 
-  // Where an output tile is accumulated: the caller's buffer when T is the accumulate type,
-  // else the workspace (stored afterwards, rounding once).
-  static Acc* op_acc(T* dst, Index rows, Index d, Workspace& ws) {
-    if constexpr (std::is_same<T, Acc>::value) {
-      (void)rows, (void)d, (void)ws;
-      return dst;
-    } else {
-      (void)dst;
-      ws.o.resize(rows, d);  // no reallocation after the first full tile
-      return ws.o.data();
-    }
-  }
-
   /// Adds sum_rows |x| to norm, summing each chunk of 256 rows apart first so the rounding error
   /// grows with the chunk, not with N.
   template <class Tile>
@@ -151,7 +138,15 @@ class SimA : public Attention<SimA<T>, T> {
     for (Index r0 = 0; r0 < nq; r0 += kTile) {
       const Index rows = std::min(kTile, nq - r0);
       const auto qt = ws.load_q(qp + r0 * d, rows, d);
-      Acc* o = op_acc(op + r0 * d, rows, d, ws);
+      // Accumulate in the caller's buffer when T is the accumulate type, else in the workspace
+      // (rounded once on store; no reallocation after the first full tile).
+      Acc* o = nullptr;
+      if constexpr (std::is_same<T, Acc>::value) {
+        o = op + r0 * d;
+      } else {
+        ws.o.resize(rows, d);
+        o = ws.o.data();
+      }
       if (packet_kernels(d))
         detail::kq_product(qt.data(), d, rows, ws.kv.data(), d, d, o);  // o = Q M
       else

@@ -51,8 +51,8 @@ void parallel_for(const Parallel& p, Index n, MakeWorker&& make_worker) {
   if (n <= 0) return;
   // Called from inside the pool it would hand work to (a kernel run by a task of the same
   // device), waiting on that pool could deadlock: run serially there instead.
-  const bool nested = p.device ? p.device->currentThreadId() != -1
-                               : p.threads > 1 && shared_pool(p.threads - 1).CurrentThreadId() != -1;
+  Eigen::ThreadPool* pool = !p.device && p.threads > 1 ? &shared_pool(p.threads - 1) : nullptr;
+  const bool nested = p.device ? p.device->currentThreadId() != -1 : pool && pool->CurrentThreadId() != -1;
   const int t = nested ? 1 : static_cast<int>(std::min<Index>(p.workers(), n));
   if (t <= 1) {
     auto worker = make_worker();
@@ -80,8 +80,7 @@ void parallel_for(const Parallel& p, Index n, MakeWorker&& make_worker) {
   if (p.device) {
     for (int i = 1; i < t; ++i) p.device->enqueueNoNotification(helper);
   } else {
-    Eigen::ThreadPool& pool = shared_pool(p.threads - 1);
-    for (int i = 1; i < t; ++i) pool.Schedule(helper);
+    for (int i = 1; i < t; ++i) pool->Schedule(helper);
   }
   run();
   barrier.Wait();
