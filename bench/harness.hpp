@@ -41,6 +41,7 @@ struct Method {
   benchmark::BigO complexity;
   bool time_alloc = false;  ///< also time the allocating form (float, 1 thread)
   bool (*applies)(const Shape&) = nullptr;  ///< null: every shape
+  bool tied_qk = false;  ///< call f(q, q, v): the method's own tied form (SOFT's K = Q)
 };
 
 /// A method and its registrars, one per thread count, filled by add_method from the maker.
@@ -55,11 +56,14 @@ double peak_gflops_per_core();
 
 /// Times f on random inputs of shape s; counters: GFLOPS, peak_pct, tokens_per_s.
 template <class T, class F>
-void run_case(benchmark::State& state, const F& f, const Shape& s, double flops, int threads, bool alloc) {
-  softfree::Tensor4<T> q(s.B, s.H, s.N, s.D), k(s.B, s.H, s.N, s.D), v(s.B, s.H, s.N, s.D), out(s.B, s.H, s.N, s.D);
+void run_case(benchmark::State& state, const F& f, const Shape& s, double flops, int threads, bool alloc,
+              bool tied_qk) {
+  softfree::Tensor4<T> q(s.B, s.H, s.N, s.D), k_own(s.B, s.H, s.N, s.D), v(s.B, s.H, s.N, s.D),
+      out(s.B, s.H, s.N, s.D);
   q.setRandom();  // uniform in [0, 1): every method's inputs stay in its well-behaved range
-  k.setRandom();
+  k_own.setRandom();
   v.setRandom();
+  const softfree::Tensor4<T>& k = tied_qk ? q : k_own;
   f(q, k, v, out);  // warm-up: first touch of out and of the library's pools
   for (auto _ : state) {
     if (alloc) {
@@ -88,7 +92,7 @@ void register_family(const Method& m, const Maker& make, int threads, bool alloc
     s.N = state.range(0);
     auto f = make(Type<T>{}, s);
     f.parallel = parallel_for_threads(threads);
-    run_case<T>(state, f, s, m.flops(s), threads, alloc);
+    run_case<T>(state, f, s, m.flops(s), threads, alloc, m.tied_qk);
   });
   b->ArgName("N")->Unit(benchmark::kMillisecond)->UseRealTime()->Complexity(m.complexity);
   for (Index n : kTokens) {

@@ -94,7 +94,10 @@ softfree::RowMatrix<double> spd(Index n, unsigned seed) {
 }
 
 TEST(NewtonPinv, ConvergesToTheRegularisedInverse) {
-  for (Index n : {1, 5, 16}) {
+  // Symmetric input takes the symmetric-product path: whole-packet blocks, mirrored blocks below
+  // them, and a tail of columns past the last whole packet (35: a tail of 3 for 4-, 8- and
+  // 16-lane packets, whose own block must come out exactly symmetric too).
+  for (Index n : {1, 5, 16, 35, 40, 49}) {
     const auto a = spd(n, 20 + static_cast<unsigned>(n));
     softfree_ref::Matrix p = ref_matrix(a);
     for (Index i = 0; i < n; ++i) p(i, i) += 0.01;
@@ -138,6 +141,20 @@ TEST(NewtonPinv, MatchesReferenceIteratesAndReportsNonConvergence) {
   const auto r6 = softfree::newton_pinv(a, six);
   EXPECT_FALSE(r6.converged);
   EXPECT_GT(r6.residual, 0.1);
+}
+
+TEST(NewtonPinv, NonSymmetricMatchesReferenceIterates) {
+  // Untied landmarks give a non-symmetric A: the general (full product) path, 40 x 40.
+  const auto x = to_ref(random_tensor<double>(1, 1, 40, 16, 31, -2.0, 2.0));
+  auto y = x;
+  const auto noise = random_tensor<double>(1, 1, 40, 16, 32, -0.1, 0.1);
+  for (size_t i = 0; i < y.data.size(); ++i) y.data[i] += noise.data()[i];
+  const auto a = kernel_matrix(x, y);
+  ASSERT_FALSE(a.isApprox(a.transpose()));
+  const auto r = softfree::newton_pinv(a);
+  const auto ref = softfree_ref::newton_pinv(ref_matrix(a), 20, 0.01, softfree_ref::PinvInit::Current);
+  EXPECT_LT(max_abs_diff(r.inverse, ref.inverse), 1e-12 * softfree_ref::max_abs(ref.inverse));
+  EXPECT_NEAR(r.residual, ref.residual, 1e-10 * (1 + ref.residual));
 }
 
 TEST(NewtonPinv, EarlyStopOnTolerance) {
@@ -272,6 +289,39 @@ TYPED_TEST(SoftTyped, NystromGivenLandmarks) {
   f.landmarks = Landmarks::given(ql, kl);
   ql.setZero();  // given() copied the landmarks
   EXPECT_TRUE(nystrom_matches(f, q, k, v, ql_ref, kl_ref));
+}
+
+TYPED_TEST(SoftTyped, NystromTiedInEveryLandmarkMode) {
+  using T = TypeParam;
+  // k is q: the tied path (P kept, R = P^T, symmetric pseudo-inverse). N = 150 spans several
+  // token tiles; m = 49 (segments) has a tail past whole packets; grid 10 x 15, r = 2 gives m = 35.
+  const auto q = spread<T>(1, 2, 150, 16, 76), v = random_tensor<T>(1, 2, 150, 16, 77);
+  const auto ql = softfree_ref::landmarks_segments(to_ref(q), 49);
+  SoftNystrom<T> f;
+  f.landmarks = Landmarks::segments(49);
+  EXPECT_TRUE(nystrom_matches(f, q, q, v, ql, ql));
+  f.soft_norm = true;
+  EXPECT_TRUE(nystrom_matches(f, q, q, v, ql, ql));
+  f.soft_norm = false;
+  const auto qg = softfree_ref::landmarks_grid(to_ref(q), 10, 15, 2);
+  f.landmarks = Landmarks::grid(10, 15, 2);
+  EXPECT_TRUE(nystrom_matches(f, q, q, v, qg, qg));
+  // One given tensor for both sides is tied too.
+  const auto given = spread<T>(1, 2, 9, 16, 78);
+  f.landmarks = Landmarks::given(given, given);
+  EXPECT_TRUE(nystrom_matches(f, q, q, v, to_ref(given), to_ref(given)));
+}
+
+TEST(SoftNystrom, TiedAgreesWithAnEqualCopyOfQ) {
+  // A copy of q is not recognised as tied (another pointer), so this compares the two paths.
+  const auto q = spread<float>(2, 3, 200, 32, 79), v = random_tensor<float>(2, 3, 200, 32, 80);
+  const Tensor4<float> copy = q;
+  SoftNystrom<float> f;
+  const auto tied = f(q, q, v), untied = f(q, copy, v);
+  // float: both follow the double reference within its tolerance, so within twice it of each other.
+  EXPECT_TRUE(close_to_ref(tied, to_ref(untied), 2 * tolerance<float>()));
+  f.parallel = softfree::Parallel::with_threads(2);
+  EXPECT_TRUE(bitwise_equal(tied, f(q, q, v)));
 }
 
 TEST(SoftNystrom, ManyLandmarksAndBlocks) {

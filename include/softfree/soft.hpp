@@ -4,14 +4,16 @@
 // no row normalisation. SoftGaussian is the exact O(N^2) form; SoftNystrom the linear form
 // O = P pinv(A) (R V) over m landmarks, with the pseudo-inverse by Newton-Raphson (newton_pinv).
 //
-// Both rest on one flash-style kernel (detail::GaussianBlock): the exponent is expanded as
+// SoftGaussian is a flash-style kernel (detail::GaussianBlock): the exponent is expanded as
 //   -||q - k||^2 / (2 sqrt D) = s q.k - s|q|^2/2 - s|k|^2/2,   s = 1/sqrt(D),
 // so a score tile is one product K QT (core/microkernels.hpp) plus two norms, and the weights go
 // straight into OT += V^T PT. Every exponent is <= 0, so no running max is needed; it is clamped
 // at 0 from above so rounding in the expansion can never produce a weight above 1.
-// SoftNystrom runs the same tile loop twice: R V = SoftGaussian(Qt, K, V) with the m landmarks as
-// one block of queries, then, with the landmarks Kt as the block and Q's rows as key tiles, the
-// weight tiles are rows of P and O = P Y (Y = pinv(A) (R V), m x D) is one product per tile.
+// SoftNystrom weighs tiles of tokens against the m landmarks (LandmarkKernel: one product with
+// the exponential applied in registers). Untied, the key tiles give R^T's rows for R V and, after
+// the pseudo-inverse, the query tiles give P's rows for O = P Y (Y = pinv(A) (R V), m x D). Tied
+// (k is q, the paper's case), R = P^T: P is weighed once and kept, and A is symmetric, which
+// newton_pinv exploits; three N x m x D products instead of four.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -145,8 +147,42 @@ void bcast_product(const Acc* a, Index ar, Index at, Index rows, Index depth, co
     run(Eigen::Map<const Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic>, 0, Stride>(a, rows, depth, Stride(at)));
 }
 
+/// dst[c] += sum of rows [0, rows) of x (rows x d, contiguous), with packets along the row: the
+/// landmark pooling (an Eigen colwise sum of a row-major block would walk each column alone).
+template <class Acc>
+void add_row_sums(const Acc* x, Index rows, Index d, Acc* dst) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
+  Index c = 0;
+  for (; c + 4 * L <= d; c += 4 * L) {
+    P a0 = ei::ploadu<P>(dst + c), a1 = ei::ploadu<P>(dst + c + L), a2 = ei::ploadu<P>(dst + c + 2 * L),
+      a3 = ei::ploadu<P>(dst + c + 3 * L);
+    for (Index r = 0; r < rows; ++r) {
+      const Acc* xr = x + r * d + c;
+      a0 = ei::padd(a0, ei::ploadu<P>(xr));
+      a1 = ei::padd(a1, ei::ploadu<P>(xr + L));
+      a2 = ei::padd(a2, ei::ploadu<P>(xr + 2 * L));
+      a3 = ei::padd(a3, ei::ploadu<P>(xr + 3 * L));
+    }
+    ei::pstoreu(dst + c, a0);
+    ei::pstoreu(dst + c + L, a1);
+    ei::pstoreu(dst + c + 2 * L, a2);
+    ei::pstoreu(dst + c + 3 * L, a3);
+  }
+  for (; c + L <= d; c += L) {
+    P a = ei::ploadu<P>(dst + c);
+    for (Index r = 0; r < rows; ++r) a = ei::padd(a, ei::ploadu<P>(x + r * d + c));
+    ei::pstoreu(dst + c, a);
+  }
+  for (; c < d; ++c)
+    for (Index r = 0; r < rows; ++r) dst[c] += x[r * d + c];
+}
+
 /// Buffers of the iteration, sized once per m and reused across heads: m x m matrices with rows
-/// padded to whole packets (aligned rows for bcast_product).
+/// padded to whole packets (aligned rows for bcast_product). The padding columns stay zero, so
+/// products run over whole packets (the padding of P V and V T is zero again) instead of
+/// sending the last m mod 16 columns through a slow narrow product.
 template <class Acc>
 struct NewtonWorkspace {
   using Map = Eigen::Map<RowMatrix<Acc>, 0, Eigen::OuterStride<>>;
@@ -154,20 +190,73 @@ struct NewtonWorkspace {
   AlignedBuffer<Acc> p_, v_, t_, u_;
 
   void resize(Index n) {
+    if (n == m) return;
     m = n;
     ld = (n + kLanes<Acc> - 1) / kLanes<Acc> * kLanes<Acc>;
-    for (AlignedBuffer<Acc>* b : {&p_, &v_, &t_, &u_})
-      if (static_cast<Index>(b->size()) < m * ld) b->resize(static_cast<size_t>(m * ld), Acc(0));
+    for (AlignedBuffer<Acc>* b : {&p_, &v_, &t_, &u_}) {
+      if (static_cast<Index>(b->size()) < m * ld) b->resize(static_cast<size_t>(m * ld));
+      std::fill(b->begin(), b->begin() + m * ld, Acc(0));
+    }
   }
   Map map(AlignedBuffer<Acc>& b) { return Map(b.data(), m, m, Eigen::OuterStride<>(ld)); }
   Map p() { return map(p_); }
   Map v() { return map(v_); }
   Map t() { return map(t_); }
   Map u() { return map(u_); }
-  /// dst = x y for two of the workspace's matrices.
-  void mul(AlignedBuffer<Acc>& x, AlignedBuffer<Acc>& y, AlignedBuffer<Acc>& dst) {
-    bcast_product<false>(x.data(), ld, Index(1), m, m, y.data(), ld, m, dst.data(), ld);
+  /// A matrix with its zero padding columns, as one contiguous array.
+  Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>, Eigen::Aligned16> full(AlignedBuffer<Acc>& b) {
+    return {b.data(), m * ld};
   }
+  /// P is symmetric (exactly): then so is every V, and both products have a cheaper form (mul).
+  bool symmetric = false;
+
+  enum class Form {
+    General,
+    /// x and y exactly symmetric (P V): the last m mod L columns of x y are the rows
+    /// y[mp:m, :] x, transposed; that spares padding those columns to a whole packet.
+    SymmetricFactors,
+    /// x y known to be symmetric (V T = V P V for symmetric V and P, whatever the rounding in T):
+    /// the blocks below the diagonal are mirrored instead of computed, and the result is exactly
+    /// symmetric (SymmetricFactors relies on V being so). (P V is not mirrored: V
+    /// would drift from commuting with P and the iteration lose its self-correction; the
+    /// residual then grows with m, up to divergence in float.)
+    SymmetricResult,
+  };
+
+  /// dst = x y for three of the workspace's matrices.
+  void mul(AlignedBuffer<Acc>& x, AlignedBuffer<Acc>& y, AlignedBuffer<Acc>& dst, Form form = Form::General) {
+    constexpr Index L = kLanes<Acc>;
+    const Index mp = m / L * L;  // columns in whole packets
+    Acc* c = dst.data();
+    if (form == Form::General) {
+      bcast_product<false>(x.data(), ld, Index(1), m, m, y.data(), ld, ld, c, ld);
+    } else if (form == Form::SymmetricFactors) {
+      if (mp > 0) bcast_product<false>(x.data(), ld, Index(1), m, m, y.data(), ld, mp, c, ld);
+      if (mp < m) {
+        if (tail_.size() < static_cast<size_t>(L * ld)) tail_.resize(static_cast<size_t>(L * ld));
+        bcast_product<false>(y.data() + mp * ld, ld, Index(1), m - mp, m, x.data(), ld, ld, tail_.data(), ld);
+        for (Index r = 0; r < m; ++r)
+          for (Index j = mp; j < m; ++j) c[r * ld + j] = tail_[static_cast<size_t>((j - mp) * ld + r)];
+      }
+    } else {
+      // Row blocks of L below mp: columns from the block's diagonal packet up to mp (the upper
+      // triangle in whole packets); the last m - mp rows at full width; the rest is mirrored.
+      for (Index r0 = 0; r0 < mp; r0 += L)
+        bcast_product<false>(x.data() + r0 * ld, ld, Index(1), L, m, y.data() + r0, ld, mp - r0, c + r0 * ld + r0,
+                             ld);
+      if (mp < m) bcast_product<false>(x.data() + mp * ld, ld, Index(1), m - mp, m, y.data(), ld, ld, c + mp * ld, ld);
+      using Block = Eigen::Map<Eigen::Matrix<Acc, L, L, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+      for (Index r0 = L; r0 < mp; r0 += L)
+        for (Index c0 = 0; c0 < r0; c0 += L)
+          Block(c + r0 * ld + c0, L, L, Eigen::OuterStride<>(ld)) =
+              Block(c + c0 * ld + r0, L, L, Eigen::OuterStride<>(ld)).transpose();
+      for (Index r = 0; r < m; ++r)  // the last columns, and the lower half of the last rows' block
+        for (Index j = std::max(mp, r + 1); j < m; ++j) c[r * ld + j] = c[j * ld + r];
+    }
+  }
+
+ private:
+  AlignedBuffer<Acc> tail_;
 };
 
 struct NewtonStats {
@@ -186,6 +275,7 @@ NewtonStats newton_run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions&
   const auto eye = RowMatrix<Acc>::Identity(m, m);
   const double row_sum = static_cast<double>(a.cwiseAbs().rowwise().sum().maxCoeff());
   p = a;
+  ws.symmetric = (a.array() == a.transpose().array()).all();
   if (o.init == NewtonInit::Current) {
     p.diagonal().array() += static_cast<Acc>(o.lambda);
     // A whose kernel values all underflowed is 0: then start from P's own row sum (lambda), so
@@ -209,11 +299,13 @@ NewtonStats newton_run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions&
     v.setZero();  // pinv(0) = 0
   }
   NewtonStats st;
-  ws.mul(ws.p_, ws.v_, ws.t_);
+  using Form = typename NewtonWorkspace<Acc>::Form;
+  const Form pv = ws.symmetric ? Form::SymmetricFactors : Form::General;
+  ws.mul(ws.p_, ws.v_, ws.t_, pv);
   for (int s = 1; s <= o.steps; ++s) {
-    ws.mul(ws.v_, ws.t_, ws.u_);
-    v = Acc(2) * v - ws.u();
-    ws.mul(ws.p_, ws.v_, ws.t_);
+    ws.mul(ws.v_, ws.t_, ws.u_, ws.symmetric ? Form::SymmetricResult : Form::General);
+    ws.full(ws.v_) = Acc(2) * ws.full(ws.v_) - ws.full(ws.u_);  // padding: 2 * 0 - 0
+    ws.mul(ws.p_, ws.v_, ws.t_, pv);
     st.steps = s;
     if (o.tolerance > 0 && static_cast<double>((t - eye).norm()) < o.tolerance) break;
   }
@@ -345,6 +437,18 @@ class GaussianBlock {
   RowMatrix<Acc> o_;
 };
 
+/// 2^f for f in [-1/2, 1/2]: Cephes' exp2f polynomial, about 1 ulp.
+template <class P>
+EIGEN_ALWAYS_INLINE P exp2_fraction(const P& f) {
+  namespace ei = Eigen::internal;
+  P y = ei::pmadd(ei::pset1<P>(1.535336188319500e-4f), f, ei::pset1<P>(1.339887440266574e-3f));
+  y = ei::pmadd(y, f, ei::pset1<P>(9.618437357674640e-3f));
+  y = ei::pmadd(y, f, ei::pset1<P>(5.550332471162809e-2f));
+  y = ei::pmadd(y, f, ei::pset1<P>(2.402264791363012e-1f));
+  y = ei::pmadd(y, f, ei::pset1<P>(6.931472028550421e-1f));
+  return ei::pmadd(y, f, ei::pset1<P>(1.0f));
+}
+
 /// 2^t for t <= 0 up to rounding (clamped at 0 from above), 0 where it underflows (t < -126):
 /// Cephes' exp2f polynomial on the rounded-off fraction, about 1 ulp. Fewer operations than
 /// exp_nonpositive, whose first step (x log2 e) LandmarkKernel folds into its operands instead.
@@ -352,16 +456,19 @@ template <class P>
 EIGEN_ALWAYS_INLINE P exp2_weight(P t) {
   namespace ei = Eigen::internal;
   using PI = typename ei::unpacket_traits<P>::integer_packet;
+#if defined(__AVX512F__)
+  if constexpr (kIsPacket16f<P>) {  // mask register and one vscalefps: two operations fewer
+    const __mmask16 keep = _mm512_cmp_ps_mask(t, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
+    t = ei::pmin(t, ei::pset1<P>(0.0f));
+    const P k = ei::print(t), f = ei::psub(t, k);  // lanes past -126 may be NaN: masked off
+    return _mm512_maskz_scalef_ps(keep, exp2_fraction(f), k);
+  }
+#endif
   t = ei::pmin(t, ei::pset1<P>(0.0f));
   const P keep = ei::pcmp_le(ei::pset1<P>(-126.0f), t);
   t = ei::pmax(t, ei::pset1<P>(-127.0f));  // keeps 2^k a normal float below, where keep is false
   const P k = ei::print(t), f = ei::psub(t, k);
-  P y = ei::pmadd(ei::pset1<P>(1.535336188319500e-4f), f, ei::pset1<P>(1.339887440266574e-3f));
-  y = ei::pmadd(y, f, ei::pset1<P>(9.618437357674640e-3f));
-  y = ei::pmadd(y, f, ei::pset1<P>(5.550332471162809e-2f));
-  y = ei::pmadd(y, f, ei::pset1<P>(2.402264791363012e-1f));
-  y = ei::pmadd(y, f, ei::pset1<P>(6.931472028550421e-1f));
-  y = ei::pmadd(y, f, ei::pset1<P>(1.0f));
+  const P y = exp2_fraction(f);
   const PI e = ei::padd(ei::pcast<P, PI>(k), ei::pset1<PI>(127));
   return ei::pand(ei::pmul(y, ei::preinterpret<P>(ei::plogical_shift_left<23>(e))), keep);
 }
@@ -380,7 +487,7 @@ class LandmarkKernel {
   static Index main_lanes(Index m) { return m % L <= L / 4 ? m / L * L : round_up(m); }
 
  public:
-  static constexpr Index kTile = 128;
+  static constexpr Index kTile = 64;
   // float exponents are carried in base 2 (log2 e folded into s) for exp2_weight.
   static constexpr bool kBase2 = std::is_same<Acc, float>::value;
 
@@ -393,6 +500,7 @@ class LandmarkKernel {
 
   /// Leading dimension of the weight tiles.
   Index ld() const { return ld_; }
+  static Index ld_for(Index m) { return round_up(m); }
 
   /// Prepares the landmarks l (m x d) into set (set_size(m, d) values).
   template <class Derived>
@@ -406,23 +514,23 @@ class LandmarkKernel {
     for (Index i = 0; i < ld_; ++i) ln[i] = i < m_ ? l.row(i).squaredNorm() * (s_ / 2) : Acc(0);
   }
 
-  /// The weight tile of x against a prepared set (valid until the next call).
-  const Acc* weigh(const Acc* set, const ConstMatrixMap<Acc>& x) {
+  /// The weight tile of x against a prepared set, written to dst (x.rows() rows of ld(), aligned)
+  /// or, without dst, to an internal tile valid until the next call.
+  const Acc* weigh(const Acc* set, const ConstMatrixMap<Acc>& x, Acc* dst = nullptr) {
     namespace ei = Eigen::internal;
     using P = Packet<Acc>;
     const Index rows = x.rows();
     const Acc *ls = set, *lt = set + m_ * d_, *ln = lt + d_ * ml_;
-    Acc *w = w_.data(), *xn = xn_.data(), *dots = dots_.data();
+    Acc *w = dst ? dst : w_.data(), *xn = xn_.data(), *dots = dots_.data();
     for (Index j = 0; j < rows; ++j) xn[j] = x.row(j).squaredNorm() * (s_ / 2);
-    if (ml_ > 0) {
-      bcast_product<false>(x.data(), d_, Index(1), rows, d_, lt, ml_, ml_, w, ld_);
-      for (Index j = 0; j < rows; ++j) {
-        const P xj = ei::pset1<P>(xn[j]);
-        for (Index i = 0; i < ml_; i += L) {
-          Acc* e = w + j * ld_ + i;
-          ei::pstore(e, weight(ei::psub(ei::psub(ei::pload<P>(e), xj), ei::ploadu<P>(ln + i))));
-        }
-      }
+    // Packets of landmarks in groups of 4 (6 rows), then 3, 2 or 1, as in bcast_product.
+    Index i = 0;
+    for (; i + 4 * L <= ml_; i += 4 * L) weigh_rows<6, 4>(x.data(), rows, lt + i, ln + i, xn, w + i);
+    switch ((ml_ - i) / L) {
+      case 3: weigh_rows<8, 3>(x.data(), rows, lt + i, ln + i, xn, w + i); break;
+      case 2: weigh_rows<12, 2>(x.data(), rows, lt + i, ln + i, xn, w + i); break;
+      case 1: weigh_rows<8, 1>(x.data(), rows, lt + i, ln + i, xn, w + i); break;
+      default: break;
     }
     for (Index i = ml_; i < m_; ++i) {  // the landmarks past the packet product, packets along tokens
       Eigen::Map<Eigen::Matrix<Acc, Eigen::Dynamic, 1>>(dots, rows).noalias() =
@@ -442,6 +550,37 @@ class LandmarkKernel {
       return exp2_weight(e);
     else
       return gaussian_weight(e);
+  }
+
+  // W[j, i] for RJ tokens and NP packets of landmarks: the accumulators start at the exponent's
+  // norm terms -(|x_j|^2 + |l_i|^2) s / 2, gather s x_j . l_i, and are weighted in registers.
+  template <int RJ, int NP>
+  EIGEN_ALWAYS_INLINE void weigh_block(const Acc* x, const Acc* lt, const Acc* ln, const Acc* xn, Acc* w) const {
+    namespace ei = Eigen::internal;
+    using P = Packet<Acc>;
+    P acc[RJ][NP];
+    for (int p = 0; p < NP; ++p) {
+      const P lp = ei::ploadu<P>(ln + p * L);
+      for (int r = 0; r < RJ; ++r) acc[r][p] = ei::pnegate(ei::padd(lp, ei::pset1<P>(xn[r])));
+    }
+    for (Index t = 0; t < d_; ++t) {
+      P l[NP];
+      for (int p = 0; p < NP; ++p) l[p] = ei::ploadu<P>(lt + t * ml_ + p * L);
+      for (int r = 0; r < RJ; ++r) {
+        const P xb = ei::pset1<P>(x[r * d_ + t]);
+        for (int p = 0; p < NP; ++p) acc[r][p] = ei::pmadd(xb, l[p], acc[r][p]);
+      }
+    }
+    for (int r = 0; r < RJ; ++r)
+      for (int p = 0; p < NP; ++p) ei::pstore(w + r * ld_ + p * L, weight(acc[r][p]));
+  }
+
+  // Token rows in blocks of RJ, the rest in blocks of RJ / 2, ... 1.
+  template <int RJ, int NP>
+  void weigh_rows(const Acc* x, Index rows, const Acc* lt, const Acc* ln, const Acc* xn, Acc* w) const {
+    Index r = 0;
+    for (; r + RJ <= rows; r += RJ) weigh_block<RJ, NP>(x + r * d_, lt, ln, xn + r, w + r * ld_);
+    if constexpr (RJ > 1) weigh_rows<RJ / 2, NP>(x + r * d_, rows - r, lt, ln, xn + r, w + r * ld_);
   }
 
   Index m_, d_, ld_, ml_;
@@ -533,7 +672,9 @@ struct Landmarks {
     Landmarks l;
     l.kind = Kind::Given;
     l.q_given = copy(q_landmarks);
-    l.k_given = copy(k_landmarks);
+    // One tensor for both (the tied case): one copy, so SoftNystrom sees Qt == Kt.
+    const bool same = static_cast<const void*>(&q_landmarks) == static_cast<const void*>(&k_landmarks);
+    l.k_given = same ? l.q_given : copy(k_landmarks);
     return l;
   }
 
@@ -555,6 +696,11 @@ struct Landmarks {
 /// with landmarks Qt from Q and Kt from K, evaluated right to left (never an N x N matrix).
 /// pinv is newton_pinv(A, newton), in float (double for double storage). Q and K may differ,
 /// also in token count (landmark counts agree); with k == q it is the paper's P A^+ P^T V.
+///
+/// Tied calls: passing the same tensor as q and k (same data pointer and shape; for given
+/// landmarks, one tensor passed for both) takes a faster path: P is kept (N x m per thread) and
+/// reused for R = P^T, and the symmetric A halves a Newton product. An equal copy of q is not
+/// recognised and takes the general path, which gives the same result up to rounding.
 ///
 /// Diagnostics: set `diagnostics` to a NewtonDiagnostics the caller owns and every call fills it
 /// (worst residual over the heads, steps run, converged). The functor stays const; a caller who
@@ -614,85 +760,15 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
   void compute(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
                const View4<T>& out) const {
     const Shape4 sq = shape_of(q);
-    const Index nk = shape_of(k).N, d = sq.D, heads = sq.B * sq.H, m = landmark_count(sq.N);
-    const Index set_size = Kernel::set_size(m, d), tile = Kernel::kTile;
-    // Per head, pass 1 leaves the prepared landmarks Kt and Y = pinv(A) (R V) (m x d) for pass 2.
-    detail::AlignedBuffer<Acc> k_sets(static_cast<size_t>(heads * set_size)), y_all(static_cast<size_t>(heads * m * d));
+    const Index heads = sq.B * sq.H;
     std::vector<detail::NewtonStats> stats(static_cast<size_t>(heads));
-
-    // Pass 1, one item per (b, h): landmarks, R V one key tile at a time (the weight tile, keys x
-    // landmarks, is R^T's rows; R V accumulates with packets along D), A = k(Qt, Kt), its
-    // pseudo-inverse, Y.
-    detail::parallel_for(parallel, heads, [&] {
-      return [&, ws = HeadWorkspace(m, d)](Index bh) mutable {
-        const Index b = bh / sq.H, h = bh % sq.H;
-        pool(q, b, h, /*for_q=*/true, ws.load, ws.ql);
-        // Segment landmarks of K are summed from the key tiles R V loads anyway: K is read once.
-        const bool k_segments = landmarks.kind == Landmarks::Kind::Segments;
-        if (k_segments)
-          ws.kl.setZero();
-        else
-          pool(k, b, h, /*for_q=*/false, ws.load, ws.kl);
-        ws.kernel.prepare(ws.ql, ws.q_set.data());
-        ws.rv.setZero();
-        const T *kh = head(k, b, h).data(), *vh = head(v, b, h).data();
-        Index seg = 0;  // first segment not yet complete
-        for (Index j0 = 0; j0 < nk; j0 += tile) {
-          const Index nj = std::min(tile, nk - j0);
-          const auto kt = ws.load_k(kh + j0 * d, nj, d);
-          if (k_segments) {
-            for (Index i = seg; i < m && i * nk / m < j0 + nj; ++i) {
-              const Index lo = std::max(i * nk / m, j0), hi = std::min(((i + 1) * nk + m - 1) / m, j0 + nj);
-              ws.kl.row(i) += kt.middleRows(lo - j0, hi - lo).colwise().sum();
-              if (hi < j0 + nj) seg = i + 1;
-            }
-          }
-          const Acc* w = ws.kernel.weigh(ws.q_set.data(), kt);
-          detail::bcast_product<true>(w, Index(1), ws.kernel.ld(), m, nj, ws.load_v(vh + j0 * d, nj, d).data(), d, d,
-                                      ws.rv.data(), d);
-        }
-        if (k_segments)
-          for (Index i = 0; i < m; ++i)
-            ws.kl.row(i) /= static_cast<Acc>(((i + 1) * nk + m - 1) / m - i * nk / m);
-        ws.kernel.prepare(ws.kl, k_sets.data() + bh * set_size);
-        const Acc s = static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(d)));
-        ws.a.noalias() = s * ws.ql * ws.kl.transpose();
-        ws.qn = ws.ql.rowwise().squaredNorm() * (s / 2);
-        ws.kn = ws.kl.rowwise().squaredNorm() * (s / 2);
-        ws.a = ((ws.a.array().colwise() - ws.qn.array()).rowwise() - ws.kn.transpose().array())
-                   .min(Acc(0))
-                   .exp()
-                   .matrix();
-        stats[static_cast<size_t>(bh)] = detail::newton_run(ws.a, newton, ws.newton);
-        if (soft_norm) {  // D^-1/2 pinv D^-1/2, D = diag(A 1): scale rows and columns
-          ws.qn = ws.a.rowwise().sum().cwiseSqrt().cwiseInverse();
-          ws.newton.v() = ws.qn.asDiagonal() * ws.newton.v() * ws.qn.asDiagonal();
-        }
-        detail::bcast_product<false>(ws.newton.v_.data(), ws.newton.ld, Index(1), m, m, ws.rv.data(), d, d,
-                                     y_all.data() + bh * m * d, d);
-      };
-    });
-
-    // Pass 2, one item per kRowsPerItem query rows of one (b, h): per tile of query rows the
-    // weight tile is P's rows (tile x m) and O = P Y is one product with packets along D, written
-    // straight to the output (float/double) or rounded once from a tile (half/bfloat16).
-    const Index row_blocks = (sq.N + kRowsPerItem - 1) / kRowsPerItem;
-    detail::parallel_for(parallel, heads * row_blocks, [&] {
-      return [&, ws = RowWorkspace(m, d)](Index item) mutable {
-        const Index bh = item / row_blocks, b = bh / sq.H, h = bh % sq.H;
-        const Index end = std::min(sq.N, (item % row_blocks + 1) * kRowsPerItem);
-        const T* qh = head(q, b, h).data();
-        T* oh = head(out, b, h).data();
-        for (Index i0 = (item % row_blocks) * kRowsPerItem; i0 < end; i0 += tile) {
-          const Index rows = std::min(tile, end - i0);
-          const Acc* p = ws.kernel.weigh(k_sets.data() + bh * set_size, ws.load_q(qh + i0 * d, rows, d));
-          Acc* o = nullptr;
-          if constexpr (std::is_same<T, Acc>::value) o = oh + i0 * d; else o = ws.o.data();
-          detail::bcast_product<false>(p, ws.kernel.ld(), Index(1), rows, m, y_all.data() + bh * m * d, d, d, o, d);
-          if constexpr (!std::is_same<T, Acc>::value) detail::store_rows(MatrixMap<Acc>(o, rows, d), oh + i0 * d);
-        }
-      };
-    });
+    // Tied (k is q, and the landmarks agree): R = P^T, so P is computed once and kept.
+    const bool tied = q.data() == k.data() && sq == shape_of(k) &&
+                      (landmarks.kind != Landmarks::Kind::Given || landmarks.q_given == landmarks.k_given);
+    if (tied)
+      compute_tied(q, v, out, stats);
+    else
+      compute_untied(q, k, v, out, stats);
 
     if (diagnostics) {
       NewtonDiagnostics dg;
@@ -761,9 +837,8 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
     } else if (l.kind == Landmarks::Kind::Segments) {
       for (Index i = 0; i < l.m; ++i) {
         const Index start = i * n / l.m, end = ((i + 1) * n + l.m - 1) / l.m;
-        const auto seg = load(src + start * d, end - start, d);
-        dst.row(i) = seg.row(0);
-        for (Index t = 1; t < seg.rows(); ++t) dst.row(i) += seg.row(t);  // rows: contiguous packets
+        dst.row(i).setZero();
+        detail::add_row_sums(load(src + start * d, end - start, d).data(), end - start, d, &dst(i, 0));
         dst.row(i) /= static_cast<Acc>(end - start);
       }
     } else {
@@ -772,10 +847,140 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
       for (Index y = 0; y < (l.rows / l.r) * l.r; ++y) {  // image rows of whole pooling windows
         const auto strip = load(src + y * l.cols * d, width, d);
         for (Index px = 0; px < pcols; ++px)
-          dst.row((y / l.r) * pcols + px) += strip.middleRows(px * l.r, l.r).colwise().sum();
+          detail::add_row_sums(strip.data() + px * l.r * d, l.r, d, &dst((y / l.r) * pcols + px, 0));
       }
       dst /= static_cast<Acc>(l.r * l.r);
     }
+  }
+
+  // A = k(Qt, Kt), its pseudo-inverse, SOFT-Norm, then y = pinv(A) (R V) (m x d); ws.ql and ws.rv
+  // hold Qt and R V.
+  detail::NewtonStats solve(HeadWorkspace& ws, const RowMatrix<Acc>& kl, Acc* y) const {
+    const Index m = kl.rows(), d = kl.cols();
+    const Acc s = static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(d)));
+    ws.a.noalias() = s * ws.ql * kl.transpose();
+    ws.qn = ws.ql.rowwise().squaredNorm() * (s / 2);
+    ws.kn = kl.rowwise().squaredNorm() * (s / 2);
+    ws.a = (ws.a.array().colwise() - ws.qn.array()).rowwise() - ws.kn.transpose().array();
+    ws.a = ws.a.array().min(Acc(0)).exp().matrix();  // apart from the broadcasts: packet exp
+    if (&kl == &ws.ql)  // tied: A is symmetric in exact arithmetic, make it so (newton_run gains)
+      for (Index i = 0; i < m; ++i)
+        for (Index j = 0; j < i; ++j) ws.a(i, j) = ws.a(j, i);
+    const detail::NewtonStats st = detail::newton_run(ws.a, newton, ws.newton);
+    if (soft_norm) {  // D^-1/2 pinv D^-1/2, D = diag(A 1): scale rows and columns
+      ws.qn = ws.a.rowwise().sum().cwiseSqrt().cwiseInverse();
+      ws.newton.v() = ws.qn.asDiagonal() * ws.newton.v() * ws.qn.asDiagonal();
+    }
+    detail::bcast_product<false>(ws.newton.v_.data(), ws.newton.ld, Index(1), m, m, ws.rv.data(), d, d, y, d);
+    return st;
+  }
+
+  // out (rows x d, row-major, storage type) = p (rows x m, leading dimension ld) y; half and
+  // bfloat16 go through tmp (a tile of accumulate type) and are rounded once.
+  static void product_out(const Acc* p, Index ld, Index rows, Index m, const Acc* y, Index d, T* out, Acc* tmp) {
+    Acc* o = nullptr;
+    if constexpr (std::is_same<T, Acc>::value) o = out; else o = tmp;
+    detail::bcast_product<false>(p, ld, Index(1), rows, m, y, d, d, o, d);
+    if constexpr (!std::is_same<T, Acc>::value) detail::store_rows(MatrixMap<Acc>(o, rows, d), out);
+  }
+
+  // The tied case, one item per (b, h): each tile of tokens gives rows of P (kept, N x m), R V
+  // accumulates P^T V tile by tile, and after the pseudo-inverse O = P Y tile by tile: three
+  // N x m x D products, against four untied. P is N x ld floats per thread (1 MiB at N = 4096).
+  void compute_tied(const ConstView4<T>& q, const ConstView4<T>& v, const View4<T>& out,
+                    std::vector<detail::NewtonStats>& stats) const {
+    const Shape4 sq = shape_of(q);
+    const Index n = sq.N, d = sq.D, m = landmark_count(n), tile = Kernel::kTile;
+    detail::parallel_for(parallel, sq.B * sq.H, [&] {
+      return [&, ws = HeadWorkspace(m, d), y = detail::AlignedBuffer<Acc>(static_cast<size_t>(m * d)),
+              p = detail::AlignedBuffer<Acc>(static_cast<size_t>(n * Kernel::ld_for(m))),
+              o = detail::AlignedBuffer<Acc>(std::is_same<T, Acc>::value ? 0 : static_cast<size_t>(tile * d))](
+                 Index bh) mutable {
+        const Index b = bh / sq.H, h = bh % sq.H, ld = ws.kernel.ld();
+        pool(q, b, h, /*for_q=*/true, ws.load, ws.ql);
+        ws.kernel.prepare(ws.ql, ws.q_set.data());
+        ws.rv.setZero();
+        const T *qh = head(q, b, h).data(), *vh = head(v, b, h).data();
+        // Last tile first: the pooling pass just read Q front to back, so its end is still in cache.
+        for (Index j0 = (n - 1) / tile * tile; j0 >= 0; j0 -= tile) {
+          const Index nj = std::min(tile, n - j0);
+          const Acc* w = ws.kernel.weigh(ws.q_set.data(), ws.load_k(qh + j0 * d, nj, d), p.data() + j0 * ld);
+          detail::bcast_product<true>(w, Index(1), ld, m, nj, ws.load_v(vh + j0 * d, nj, d).data(), d, d,
+                                      ws.rv.data(), d);
+        }
+        stats[static_cast<size_t>(bh)] = solve(ws, ws.ql, y.data());
+        T* oh = head(out, b, h).data();
+        for (Index i0 = 0; i0 < n; i0 += tile)
+          product_out(p.data() + i0 * ld, ld, std::min(tile, n - i0), m, y.data(), d, oh + i0 * d, o.data());
+      };
+    });
+  }
+
+  // The general case (Q and K differ): pass 1 per (b, h) leaves Kt and Y, pass 2 splits rows.
+  void compute_untied(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v, const View4<T>& out,
+                      std::vector<detail::NewtonStats>& stats) const {
+    const Shape4 sq = shape_of(q);
+    const Index nk = shape_of(k).N, d = sq.D, heads = sq.B * sq.H, m = landmark_count(sq.N);
+    const Index set_size = Kernel::set_size(m, d), tile = Kernel::kTile;
+    // Per head, pass 1 leaves the prepared landmarks Kt and Y = pinv(A) (R V) (m x d) for pass 2.
+    detail::AlignedBuffer<Acc> k_sets(static_cast<size_t>(heads * set_size)), y_all(static_cast<size_t>(heads * m * d));
+
+    // Pass 1, one item per (b, h): landmarks, R V one key tile at a time (the weight tile, keys x
+    // landmarks, is R^T's rows; R V accumulates with packets along D), A = k(Qt, Kt), its
+    // pseudo-inverse, Y.
+    detail::parallel_for(parallel, heads, [&] {
+      return [&, ws = HeadWorkspace(m, d)](Index bh) mutable {
+        const Index b = bh / sq.H, h = bh % sq.H;
+        pool(q, b, h, /*for_q=*/true, ws.load, ws.ql);
+        // Segment landmarks of K are summed from the key tiles R V loads anyway: K is read once.
+        const bool k_segments = landmarks.kind == Landmarks::Kind::Segments;
+        if (k_segments)
+          ws.kl.setZero();
+        else
+          pool(k, b, h, /*for_q=*/false, ws.load, ws.kl);
+        ws.kernel.prepare(ws.ql, ws.q_set.data());
+        ws.rv.setZero();
+        const T *kh = head(k, b, h).data(), *vh = head(v, b, h).data();
+        Index seg = 0;  // first segment not yet complete
+        for (Index j0 = 0; j0 < nk; j0 += tile) {
+          const Index nj = std::min(tile, nk - j0);
+          const auto kt = ws.load_k(kh + j0 * d, nj, d);
+          if (k_segments) {
+            for (Index i = seg; i < m && i * nk / m < j0 + nj; ++i) {
+              const Index lo = std::max(i * nk / m, j0), hi = std::min(((i + 1) * nk + m - 1) / m, j0 + nj);
+              detail::add_row_sums(kt.data() + (lo - j0) * d, hi - lo, d, &ws.kl(i, 0));
+              if (hi < j0 + nj) seg = i + 1;
+            }
+          }
+          const Acc* w = ws.kernel.weigh(ws.q_set.data(), kt);
+          detail::bcast_product<true>(w, Index(1), ws.kernel.ld(), m, nj, ws.load_v(vh + j0 * d, nj, d).data(), d, d,
+                                      ws.rv.data(), d);
+        }
+        if (k_segments)
+          for (Index i = 0; i < m; ++i)
+            ws.kl.row(i) /= static_cast<Acc>(((i + 1) * nk + m - 1) / m - i * nk / m);
+        ws.kernel.prepare(ws.kl, k_sets.data() + bh * set_size);
+        stats[static_cast<size_t>(bh)] = solve(ws, ws.kl, y_all.data() + bh * m * d);
+      };
+    });
+
+    // Pass 2, one item per kRowsPerItem query rows of one (b, h): per tile of query rows the
+    // weight tile is P's rows (tile x m) and O = P Y is one product with packets along D, written
+    // straight to the output (float/double) or rounded once from a tile (half/bfloat16).
+    const Index row_blocks = (sq.N + kRowsPerItem - 1) / kRowsPerItem;
+    detail::parallel_for(parallel, heads * row_blocks, [&] {
+      return [&, ws = RowWorkspace(m, d)](Index item) mutable {
+        const Index bh = item / row_blocks, b = bh / sq.H, h = bh % sq.H;
+        const Index end = std::min(sq.N, (item % row_blocks + 1) * kRowsPerItem);
+        const T* qh = head(q, b, h).data();
+        T* oh = head(out, b, h).data();
+        for (Index i0 = (item % row_blocks) * kRowsPerItem; i0 < end; i0 += tile) {
+          const Index rows = std::min(tile, end - i0);
+          const Acc* p = ws.kernel.weigh(k_sets.data() + bh * set_size, ws.load_q(qh + i0 * d, rows, d));
+          product_out(p, ws.kernel.ld(), rows, m, y_all.data() + bh * m * d, d, oh + i0 * d, ws.o.data());
+        }
+      };
+    });
   }
 };
 
