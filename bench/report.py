@@ -7,6 +7,10 @@
 Benchmark names must look like <method>/<dtype>/threads:<t>/N:<n>; other rows are ignored.
 Each benchmark is represented by its best (minimum real_time) repetition.
 Standard library only.
+
+The markdown report has: a speed-up-vs-softmax summary (for --dtype/--threads), a summary of
+half and bfloat16 time relative to float (1 thread), one results table per dtype (the half
+and bfloat16 tables add a 'time vs float' column) and, if fitted, a complexity table.
 """
 import argparse
 import html
@@ -140,8 +144,14 @@ def speedup(rows, key):
     return base["t"] / rows[key]["t"] if base else None
 
 
-def reps_note(rows):
-    """One sentence on how each row's time was chosen."""
+def vs_float(rows, key):
+    """This row's time / the float row's time at the same method, threads and N (None if no float row)."""
+    ref = rows.get((key[0], "float") + key[2:])
+    return rows[key]["t"] / ref["t"] if ref else None
+
+
+def reps_note(rows, rel=False):
+    """How each row's time was chosen and what the ratio columns mean (rel: the 'time vs float' column)."""
     counts = sorted({r["reps"] for r in rows if r["src"] == "best"})
     if not counts:
         how = "the median aggregate (no per-repetition rows were reported)"
@@ -152,16 +162,20 @@ def reps_note(rows):
         how = f"the best (minimum real_time) of {k} repetitions — the machine is shared and noisy"
         if any(r["src"] != "best" for r in rows):
             how += " (median aggregate where only aggregates were reported)"
-    return f"_Each row is {how}. Speed-up = softmax time ÷ row time at the same dtype, threads and N._"
+    note = f"_Each row is {how}. Speed-up = softmax time ÷ row time at the same dtype, threads and N."
+    if rel:
+        note += " Time vs float = row time ÷ float time at the same method, threads and N."
+    return note + "_"
 
 
 def results_table(rows, dtype):
-    """Per-dtype results table plus its note."""
+    """Per-dtype results table plus its note; non-float tables get a 'time vs float' column."""
     keys = sorted((k for k in rows if k[1] == dtype), key=lambda k: (method_key(k[0]), k[2], k[3]))
     multi = {k[2] for k in keys} - {1}
     peak = any(rows[k]["peak"] is not None for k in keys)
+    rel = dtype != "float"
     header = ["method", "threads", "N", "time", "GFLOP/s"] + (["% of peak"] if peak else []) \
-        + ["tokens/s", "speed-up vs softmax"]
+        + ["tokens/s", "speed-up vs softmax"] + (["time vs float"] if rel else [])
     if multi:
         header.append("2-thread scaling" if multi == {2} else "scaling vs 1 thread")
     body = []
@@ -170,12 +184,15 @@ def results_table(rows, dtype):
         cells = [k[0], str(k[2]), str(k[3]), fmt_time(r["t"]), fmt_opt(r["gflops"])]
         cells += [fmt_opt(r["peak"], "%")] if peak else []
         cells += [fmt_eng(r["tok"]), fmt_opt(speedup(rows, k), "x")]
+        if rel:
+            ratio = vs_float(rows, k)
+            cells.append("" if ratio is None else sig3(ratio) + "x")
         if multi:
             one = rows.get((k[0], dtype, 1, k[3]))
             cells.append("" if k[2] == 1 else fmt_opt(one and one["t"] / r["t"], "x"))
         body.append(cells)
-    align = "lrrrr" + ("r" if peak else "") + "rr" + ("r" if multi else "")
-    return md_table(header, align, body) + "\n\n" + reps_note([rows[k] for k in keys])
+    align = "lrrrr" + ("r" if peak else "") + "rr" + ("r" if rel else "") + ("r" if multi else "")
+    return md_table(header, align, body) + "\n\n" + reps_note([rows[k] for k in keys], rel)
 
 
 def complexity_table(cplx):
@@ -217,6 +234,20 @@ def summary_table(ser):
     return md_table(["method"] + [f"N={n}" for n in ns], "l" + "r" * len(ns), body)
 
 
+def precision_table(rows, threads=1):
+    """Rows = methods, columns = (half/bfloat16, N), cells = time(dtype) / time(float); None if no ratio."""
+    ref = series(rows, "float", threads)
+    sers = {d: series(rows, d, threads) for d in DTYPES if d != "float"}
+    cols = [(d, n) for d, ser in sers.items() for n in sorted({n for s in ser.values() for n in s})]
+    methods = sorted({m for ser in sers.values() for m in ser}, key=method_key)
+    ratio = lambda m, d, n: (sers[d][m][n] / ref[m][n]
+                             if n in sers[d].get(m, {}) and n in ref.get(m, {}) else None)
+    if not any(ratio(m, d, n) is not None for m in methods for d, n in cols):
+        return None
+    body = [[m] + [fmt_opt(ratio(m, d, n), "x") for d, n in cols] for m in methods]
+    return md_table(["method"] + [f"{d} N={n}" for d, n in cols], "l" + "r" * len(cols), body)
+
+
 def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False):
     """The whole markdown report."""
     out = ["# softfree attention benchmarks", ""]
@@ -229,6 +260,11 @@ def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False):
                 + "._", ""]
     label = selection_label(dtype, threads, threads_best)
     out += [f"## Speed-up vs softmax ({label})", "", summary_table(series(rows, dtype, threads, threads_best)), ""]
+    prec = precision_table(rows)
+    if prec:
+        out += ["## Half and bfloat16 time relative to float (1 thread)", "", prec, "",
+                "_Cell = time ÷ float time for the same method and N; below 1.00x the narrower storage is faster._",
+                ""]
     for d in DTYPES:
         if any(k[1] == d for k in rows):
             out += [f"## Results: {d}", "", results_table(rows, d), ""]

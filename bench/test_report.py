@@ -135,7 +135,54 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| method | N=197 | N=1024 | N=4096 |", md)
         self.assertIn("| sima | 0.985x | 5.12x | 20.5x |", md)
         self.assertIn("| softmax | float | 1 | O(N^2) | 1.00 ns | 1.23% |", md)
-        self.assertNotIn("| softmax | 0", md)  # baseline not in the summary rows
+        speedups = md.split("## Speed-up vs softmax")[1].split("\n## ")[0]
+        self.assertNotIn("| softmax | 0", speedups)  # baseline not in the summary rows
+
+    def test_time_vs_float_column(self):
+        self.assertAlmostEqual(report.vs_float(self.rows, ("sima", "half", 1, 4096)), 0.8)
+        _, _, md, _ = self.run_main()
+        float_part = md.split("## Results: float")[1].split("## Results: half")[0]
+        half_part = md.split("## Results: half")[1]
+        self.assertNotIn("time vs float", float_part)
+        self.assertIn("| speed-up vs softmax | time vs float |", half_part)
+        self.assertIn("| sima | 1 | 4096 | 655 us | 10.0 | 20.0% | 6.25M | 20.5x | 0.800x |", half_part)
+        self.assertIn("Time vs float = row time ÷ float time", half_part)
+        self.assertNotIn("## Results: bfloat16", md)
+
+    def test_precision_summary(self):
+        """Small file: bfloat16 and half rows, some without a float counterpart."""
+        secs = {("softmax", "float", 1, 256): 2e-3, ("softmax", "half", 1, 256): 1e-3,
+                ("softmax", "bfloat16", 1, 256): 3e-3, ("softmax", "float", 1, 1024): 8e-3,
+                ("softmax", "half", 1, 1024): 6e-3, ("sima", "float", 1, 256): 4e-4,
+                ("sima", "bfloat16", 1, 1024): 5e-4, ("sima", "half", 2, 256): 2e-4,
+                ("aft-local-s32", "half", 1, 256): 1e-4}
+        doc = {"context": {}, "benchmarks": [row(f"{m}/{d}/threads:{t}/N:{n}", s)
+                                             for (m, d, t, n), s in secs.items()]}
+        path = os.path.join(self.tmp.name, "precision.json")
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        rows = report.load([path])[0]
+        self.assertAlmostEqual(report.vs_float(rows, ("softmax", "bfloat16", 1, 256)), 1.5)
+        self.assertIsNone(report.vs_float(rows, ("sima", "half", 2, 256)))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(report.main([path]), 0)
+        md = out.getvalue()
+        head = "## Half and bfloat16 time relative to float (1 thread)"
+        self.assertLess(md.index("## Speed-up vs softmax (float, 1 thread)"), md.index(head))
+        self.assertLess(md.index(head), md.index("## Results: float"))
+        summary = md.split(head)[1].split("## Results: float")[0]
+        self.assertIn("| method | half N=256 | half N=1024 | bfloat16 N=256 | bfloat16 N=1024 |", summary)
+        self.assertIn("| softmax | 0.500x | 0.750x | 1.50x | — |", summary)
+        self.assertIn("| sima | — | — | — | — |", summary)  # half only at 2 threads, no float N=1024
+        self.assertIn("| aft-local-s32 | — | — | — | — |", summary)  # no float rows at all
+        bf16 = md.split("## Results: bfloat16")[1]
+        self.assertIn("| softmax | 1 | 256 | 3.00 ms | 10.0 | 20.0% | 1.00M | 1.00x | 1.50x |", bf16)
+        self.assertIn("| sima | 1 | 1024 | 500 us | 10.0 | 20.0% | 1.00M | — |  |", bf16)  # no float row
+        half = md.split("## Results: half")[1].split("## Results: bfloat16")[0]
+        self.assertIn("| sima | 2 | 256 | 200 us | 10.0 | 20.0% | 1.00M | — |  |", half)
+        # float-only input: no precision section
+        self.assertIsNone(report.precision_table({k: v for k, v in rows.items() if k[1] == "float"}))
 
     def test_threads_best_and_dtype(self):
         _, _, md, svg = self.run_main("--threads-best")

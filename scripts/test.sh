@@ -3,7 +3,7 @@
 #
 #   bash scripts/test.sh            # preset "default": Release, warnings as errors
 #   bash scripts/test.sh asan       # AddressSanitizer + UndefinedBehaviorSanitizer
-#   bash scripts/test.sh clang      # clang++
+#   bash scripts/test.sh clang      # clang++ -march=native (the vector paths of this machine)
 #
 # Installs missing dependencies first (scripts/install-deps.sh), then runs
 # `cmake --workflow --preset <preset>` (configure, build with 2 jobs, ctest).

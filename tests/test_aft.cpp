@@ -90,6 +90,17 @@ TYPED_TEST(Aft, SimpleLongerThanATile) {
                            softfree_ref::aft_simple(to_ref(x.q), to_ref(x.k), to_ref(x.v), false)));
 }
 
+TYPED_TEST(Aft, SimpleWholePacketRowsAndStreamedOutput) {
+  // D = 64 is whole packets for every vector width, so the kernel reads the inputs (and writes
+  // half and bfloat16) in place, and a head of 16384 x 64 values (2 MiB in half, 4 MiB in float)
+  // is written with streaming stores where the target has them. Two heads: the second starts
+  // where the first's prefetches run ahead into.
+  using T = TypeParam;
+  const QKV<T> x(1, 2, 16384, 64, 13);
+  EXPECT_TRUE(close_to_ref(AftSimple<T>{}(x.q, x.k, x.v),
+                           softfree_ref::aft_simple(to_ref(x.q), to_ref(x.k), to_ref(x.v), false)));
+}
+
 TYPED_TEST(Aft, FullMatchesReferenceSharedAndPerHeadBias) {
   using T = TypeParam;
   // N = 131 crosses query panels and work chunks for every packet width.

@@ -81,17 +81,25 @@ TYPED_TEST(Microkernels, VpProductAccumulates) {
       }
 }
 
-// exp_nonpositive evaluated lane by lane over xs.
-std::vector<float> packet_exp(const std::vector<float>& xs) {
+// A packet function evaluated lane by lane over xs.
+template <class F>
+std::vector<float> per_lane(const std::vector<float>& xs, F f) {
   namespace ei = Eigen::internal;
   using P = softfree::detail::Packet<float>;
   constexpr Index L = kLanes<float>;
   std::vector<float> in = xs, out(xs.size() + L);
   in.resize(xs.size() + L, 0.f);
-  for (size_t i = 0; i < xs.size(); i += L)
-    ei::pstoreu(out.data() + i, softfree::detail::exp_nonpositive(ei::ploadu<P>(in.data() + i)));
+  for (size_t i = 0; i < xs.size(); i += L) ei::pstoreu(out.data() + i, f(ei::ploadu<P>(in.data() + i)));
   out.resize(xs.size());
   return out;
+}
+
+std::vector<float> packet_exp(const std::vector<float>& xs) {
+  return per_lane(xs, [](const auto& x) { return softfree::detail::exp_nonpositive(x); });
+}
+
+std::vector<float> packet_exp2(const std::vector<float>& ts) {
+  return per_lane(ts, [](const auto& t) { return softfree::detail::exp2_nonpositive(t); });
 }
 
 TEST(ExpNonpositive, RelativeErrorOverFloatRange) {
@@ -119,6 +127,40 @@ TEST(ExpNonpositive, EndPoints) {
     EXPECT_GE(ys[i], 0.f) << "lane " << i;
     EXPECT_LE(ys[i], 2e-38f) << "lane " << i;  // documented: about 1e-38 below -87.3
   }
+}
+
+// exp2_nonpositive's error is the polynomial's alone (its argument is exact here): Cephes' exp2f
+// is about 1 ulp, and 1 ulp of a float is at most 2^-23 = 1.2e-7 relative; 2.4e-7 allows 2 ulp.
+// The sweep covers float's normal range, where 2^t is normal, and the slightly positive t that
+// a shift folded into an FMA can leave.
+TEST(Exp2Nonpositive, RelativeErrorOverNormalRange) {
+  std::vector<float> ts;
+  for (int i = 0; i <= 200000; ++i) ts.push_back(-126.f * static_cast<float>(i) / 200000.f);  // sweep [-126, 0]
+  for (float t = -1e-3f; t < 0; t *= 0.5f) ts.push_back(t);  // tiny arguments down to subnormals
+  for (float t = 1e-3f; t > 0; t *= 0.5f) ts.push_back(t);
+  const std::vector<float> ys = packet_exp2(ts);
+  double worst = 0;
+  size_t worst_at = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const double want = std::exp2(static_cast<double>(ts[i]));
+    const double rel = std::abs(static_cast<double>(ys[i]) - want) / want;
+    if (!(rel <= worst)) worst = rel, worst_at = i;
+  }
+  EXPECT_LE(worst, 2.4e-7) << "at t = " << ts[worst_at] << ": got " << ys[worst_at] << ", 2^t = "
+                           << std::exp2(static_cast<double>(ts[worst_at]));
+}
+
+TEST(Exp2Nonpositive, EndPoints) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> ys =
+      packet_exp2({0.f, -0.f, -1.f, -126.f, -126.5f, -149.f, -1e4f, -std::numeric_limits<float>::max(), -inf,
+                   std::numeric_limits<float>::quiet_NaN()});
+  EXPECT_EQ(ys[0], 1.f);
+  EXPECT_EQ(ys[1], 1.f);
+  EXPECT_EQ(ys[2], 0.5f);
+  EXPECT_EQ(ys[3], std::numeric_limits<float>::min());  // 2^-126: the fraction is 0, exact
+  for (size_t i = 4; i < 9; ++i) EXPECT_EQ(ys[i], 0.f) << "lane " << i;  // documented: 0 below -126
+  EXPECT_TRUE(std::isnan(ys[9])) << "a NaN argument must stay visible, got " << ys[9];
 }
 
 }  // namespace

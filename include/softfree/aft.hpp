@@ -173,6 +173,15 @@ EIGEN_ALWAYS_INLINE P aft_reciprocal(const P& a) {
   return Eigen::internal::pdiv(Eigen::internal::pset1<P>(Scalar(1)), a);
 }
 
+/// e^{k - m} per lane as 2^(k log2 e - m log2 e), the exponent one FMA (exp2_nonpositive). The
+/// rounding of m log2 e is the same for every key sharing the shift m, so it cancels in num / den.
+template <class P>
+EIGEN_ALWAYS_INLINE P aft_exp(const P& k, const P& m) {
+  namespace ei = Eigen::internal;
+  const P log2e = ei::pset1<P>(kLog2e<typename ei::unpacket_traits<P>::type>);
+  return exp2_nonpositive(ei::pmadd(k, log2e, ei::pnegate(ei::pmul(m, log2e))));
+}
+
 /// X[t] = [e^{K[t] - m} * V[t], e^{K[t] - m}, 0...] for t in [lo, hi), row t at x + (t - lo) * ldx
 /// (m: a per-channel upper bound of those keys, packet-aligned).
 template <class Acc>
@@ -188,7 +197,7 @@ void aft_exp_rows(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, co
     const Acc* vt = v.data() + t * d;
     Index c = 0;
     for (; c + L <= d; c += L) {
-      const P e = exp_nonpositive(ei::psub(ei::ploadu<P>(kt + c), ei::pload<P>(m + c)));
+      const P e = aft_exp(ei::ploadu<P>(kt + c), ei::pload<P>(m + c));
       ei::pstoreu(xt + d + c, e);
       ei::pstoreu(xt + c, ei::pmul(e, ei::ploadu<P>(vt + c)));
     }
@@ -216,7 +225,7 @@ void aft_exp_rows_split(const Acc* k, const Acc* v, Index d, const Acc* m, Index
       // K and V come from L3 or memory (each item rereads them): ask ahead.
       ei::prefetch(k + (t + kAftPrefetchRows) * d + c);
       ei::prefetch(v + (t + kAftPrefetchRows) * d + c);
-      const P x = exp_nonpositive(ei::psub(ei::ploadu<P>(k + t * d + c), ei::pload<P>(m + c)));
+      const P x = aft_exp(ei::ploadu<P>(k + t * d + c), ei::pload<P>(m + c));
       ei::pstoreu(e + t * d + c, x);
       ei::pstoreu(ev + t * d + c, ei::pmul(x, ei::ploadu<P>(v + t * d + c)));
     }
@@ -280,17 +289,7 @@ const Acc* aft_rows(const T* src, Index rows, Index d, Index ld, Acc* buf) {
   return buf;
 }
 
-/// Where to write a rows x d tile of Acc results of stride ld: straight into dst when no
-/// conversion or padding is needed, else into buf (then aft_store_rows copies it out).
-template <class T, class Acc>
-Acc* aft_out_rows(T* dst, Index d, Index ld, Acc* buf) {
-  if constexpr (std::is_same<T, Acc>::value) {
-    if (ld == d) return dst;
-  }
-  return buf;
-}
-
-/// Copies a tile given by aft_out_rows to dst (nothing to do when it is dst itself).
+/// Copies a rows x d tile of Acc results of stride ld to dst (nothing to do when it is dst itself).
 template <class T, class Acc>
 void aft_store_rows(const Acc* y, Index rows, Index d, Index ld, T* dst) {
   if constexpr (std::is_same<T, Acc>::value) {
@@ -308,7 +307,7 @@ template <class P>
 EIGEN_ALWAYS_INLINE P aft_scaled_sigmoid(const P& q, const P& scale) {
   namespace ei = Eigen::internal;
   using Scalar = typename ei::unpacket_traits<P>::type;
-  const P e = exp_nonpositive(ei::por(q, ei::pset1<P>(Scalar(-0.0))));  // e^-|q|
+  const P e = exp2_nonpositive(ei::pmul(ei::por(q, ei::pset1<P>(Scalar(-0.0))), ei::pset1<P>(kLog2e<Scalar>)));  // e^-|q|
   const P r = ei::pmul(scale, aft_reciprocal(ei::padd(ei::pset1<P>(Scalar(1)), e)));
 #if defined(__AVX512F__)
   if constexpr (kIsPacket16f<P>)  // one masked multiply (Eigen's pselect takes a vector mask)
@@ -317,37 +316,41 @@ EIGEN_ALWAYS_INLINE P aft_scaled_sigmoid(const P& q, const P& scale) {
   return ei::pselect(ei::pcmp_lt(q, ei::pset1<P>(Scalar(0))), ei::pmul(r, e), r);
 }
 
-/// One tile of AftSimple's sums for NP packets of channels (rows of stride ld): m = max(m, max_r k[r]);
-/// num, den rescaled to the new m, then num += sum_r e^{k[r] - m} v[r], den += sum_r e^{k[r] - m}.
+/// One tile of AftSimple's sums for NP packets of channels (rows of stride ld, storage type X:
+/// the input itself, or a converted, padded copy): m = max(m, max_r k[r]); num, den rescaled to
+/// the new m, then num += sum_r e^{k[r] - m} v[r], den += sum_r e^{k[r] - m}.
 /// first: m, num, den hold nothing yet.
-template <class Acc, int NP>
-EIGEN_ALWAYS_INLINE void aft_sums_block(const Acc* kt, const Acc* vt, Index rows, Index ld, bool first, Acc* m,
+template <class X, int NP, class Acc = accum_t<X>>
+EIGEN_ALWAYS_INLINE void aft_sums_block(const X* kt, const X* vt, Index rows, Index ld, bool first, Acc* m,
                                         Acc* num, Acc* den) {
   namespace ei = Eigen::internal;
   using P = Packet<Acc>;
   constexpr Index L = kLanes<Acc>;
+  const P log2e = ei::pset1<P>(kLog2e<Acc>);
   P mx[NP], nu[NP], de[NP];
-  for (int p = 0; p < NP; ++p) mx[p] = ei::ploadu<P>(kt + p * L);
+  for (int p = 0; p < NP; ++p) mx[p] = load_packet(kt + p * L);
   for (Index r = 1; r < rows; ++r)
     for (int p = 0; p < NP; ++p) {
-      ei::prefetch(kt + (r + kAftPrefetchRows) * ld + p * L);
-      ei::prefetch(vt + (r + kAftPrefetchRows) * ld + p * L);
-      mx[p] = ei::pmax(mx[p], ei::ploadu<P>(kt + r * ld + p * L));
+      prefetch_ahead(kt + r * ld + p * L);  // K and V come from L3 or memory: ask ahead
+      prefetch_ahead(vt + r * ld + p * L);
+      mx[p] = ei::pmax(mx[p], load_packet(kt + r * ld + p * L));
     }
   for (int p = 0; p < NP; ++p) {
     nu[p] = de[p] = ei::pset1<P>(Acc(0));
     if (!first) {
       const P m_old = ei::pload<P>(m + p * L);
       mx[p] = ei::pmax(mx[p], m_old);
-      const P alpha = exp_nonpositive(ei::psub(m_old, mx[p]));
+      const P alpha = exp2_nonpositive(ei::pmul(ei::psub(m_old, mx[p]), log2e));
       nu[p] = ei::pmul(ei::pload<P>(num + p * L), alpha);
       de[p] = ei::pmul(ei::pload<P>(den + p * L), alpha);
     }
   }
+  P shift[NP];  // -m log2 e: the exponent is then one FMA, as in aft_exp
+  for (int p = 0; p < NP; ++p) shift[p] = ei::pnegate(ei::pmul(mx[p], log2e));
   for (Index r = 0; r < rows; ++r)
     for (int p = 0; p < NP; ++p) {
-      const P e = exp_nonpositive(ei::psub(ei::ploadu<P>(kt + r * ld + p * L), mx[p]));
-      nu[p] = ei::pmadd(e, ei::ploadu<P>(vt + r * ld + p * L), nu[p]);
+      const P e = exp2_nonpositive(ei::pmadd(load_packet(kt + r * ld + p * L), log2e, shift[p]));
+      nu[p] = ei::pmadd(e, load_packet(vt + r * ld + p * L), nu[p]);
       de[p] = ei::padd(de[p], e);
     }
   for (int p = 0; p < NP; ++p) {
@@ -551,67 +554,82 @@ class AftSimple : public Attention<AftSimple<T>, T> {
 
   // m = max_t K[t] per channel, num = sum_t e^{K[t] - m} V[t], den = sum_t e^{K[t] - m}: one pass
   // over K and V, a tile at a time (the tile's max first, so the sums are rescaled once per tile).
+  // When D is whole packets the kernel reads the inputs directly (half and bfloat16 converted in
+  // registers); otherwise each tile is copied, converted and padded to whole packets first.
   void run_sums(const T* kp, const T* vp, Index n, Workspace& ws) const {
-    constexpr Index L = detail::kLanes<Acc>;
     const Index d = ws.d, ld = ws.ld;
-    Acc* const wm = ws.m.data();
-    Acc* const wnum = ws.num.data();
-    Acc* const wden = ws.den.data();
     for (Index t0 = 0; t0 < n; t0 += kTile) {
       const Index rows = std::min(kTile, n - t0);
-      const Acc* kt = detail::aft_rows(kp + t0 * d, rows, d, ld, ws.tile.data());
-      const Acc* vt = detail::aft_rows(vp + t0 * d, rows, d, ld, ws.tile.data() + kTile * ld);
-      // Up to 4 packets of channels at a time, rows in order (sequential memory, one exp per
-      // packet in flight per channel group).
-      for (Index c = 0; c < ld; c += 4 * L) {
-        const bool first = t0 == 0;
-        switch (std::min<Index>(4, (ld - c) / L)) {
-          case 4: detail::aft_sums_block<Acc, 4>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
-          case 3: detail::aft_sums_block<Acc, 3>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
-          case 2: detail::aft_sums_block<Acc, 2>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
-          default: detail::aft_sums_block<Acc, 1>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c);
-        }
+      if (ld == d) {
+        sums_tile(kp + t0 * d, vp + t0 * d, rows, t0 == 0, ws);
+      } else {
+        const Acc* kt = detail::aft_rows(kp + t0 * d, rows, d, ld, ws.tile.data());
+        const Acc* vt = detail::aft_rows(vp + t0 * d, rows, d, ld, ws.tile.data() + kTile * ld);
+        sums_tile(kt, vt, rows, t0 == 0, ws);
       }
     }
   }
 
-  // Y[t] = sigma(Q[t]) * num / den (den >= 1: the max key contributes e^0).
+  // Up to 4 packets of channels at a time, rows in order (sequential memory, one exp per packet
+  // in flight per channel group); rows of ws.ld values of type X.
+  template <class X>
+  static void sums_tile(const X* kt, const X* vt, Index rows, bool first, Workspace& ws) {
+    constexpr Index L = detail::kLanes<Acc>;
+    const Index ld = ws.ld;
+    Acc *const wm = ws.m.data(), *const wnum = ws.num.data(), *const wden = ws.den.data();
+    for (Index c = 0; c < ld; c += 4 * L) {
+      switch (std::min<Index>(4, (ld - c) / L)) {
+        case 4: detail::aft_sums_block<X, 4>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
+        case 3: detail::aft_sums_block<X, 3>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
+        case 2: detail::aft_sums_block<X, 2>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c); break;
+        default: detail::aft_sums_block<X, 1>(kt + c, vt + c, rows, ld, first, wm + c, wnum + c, wden + c);
+      }
+    }
+  }
+
+  // Y[t] = sigma(Q[t]) * num / den (den >= 1: the max key contributes e^0). Direct reads and
+  // writes when D is whole packets, as in run_sums.
   void run_output(const T* qp, Index n, Workspace& ws, T* op) const {
     namespace ei = Eigen::internal;
     using P = detail::Packet<Acc>;
     constexpr Index L = detail::kLanes<Acc>;
     const Index d = ws.d, ld = ws.ld;
     Acc* const ratio = ws.num.data();
-    // A head's output larger than a core's L2 is written with streaming stores (no read for
-    // ownership: about a third less memory traffic at N = 16384).
-    [[maybe_unused]] const bool stream =
-        n * d * static_cast<Index>(sizeof(T)) >= kStreamBytes && reinterpret_cast<std::uintptr_t>(op) % 64 == 0;
     for (Index c = 0; c < ld; c += L)
       ei::pstore(ratio + c, ei::pdiv(ei::pload<P>(ratio + c), ei::pload<P>(ws.den.data() + c)));
+    if (ld == d) {
+      // A head's output larger than a core's L2 is written with streaming stores (no read for
+      // ownership: about a third less memory traffic at N = 16384).
+      const bool stream =
+          n * d * static_cast<Index>(sizeof(T)) >= kStreamBytes && reinterpret_cast<std::uintptr_t>(op) % 64 == 0;
+      if (stream)
+        output_rows<true>(qp, n * d, ratio, d, op);
+      else
+        output_rows<false>(qp, n * d, ratio, d, op);
+      return;
+    }
     for (Index t0 = 0; t0 < n; t0 += kTile) {
       const Index rows = std::min(kTile, n - t0);
       const Acc* qt = detail::aft_rows(qp + t0 * d, rows, d, ld, ws.tile.data());
-      Acc* y = detail::aft_out_rows(op + t0 * d, d, ld, ws.tile.data() + kTile * ld);
-#if defined(__AVX512F__)
-      if constexpr (std::is_same<Acc, float>::value && L == 16) {
-        if (stream && static_cast<const void*>(y) == static_cast<const void*>(op + t0 * d)) {
-          for (Index r = 0; r < rows; ++r)
-            for (Index c = 0; c < ld; c += L) {
-              ei::prefetch(qt + (r + detail::kAftPrefetchRows) * ld + c);
-              _mm512_stream_ps(y + r * ld + c, detail::aft_scaled_sigmoid(ei::ploadu<P>(qt + r * ld + c), ei::pload<P>(ratio + c)));
-            }
-          if (t0 + rows == n) _mm_sfence();  // order the streamed rows before the caller reads them
-          continue;
-        }
-      }
-#endif
-      for (Index r = 0; r < rows; ++r)
-        for (Index c = 0; c < ld; c += L) {
-          ei::prefetch(qt + (r + detail::kAftPrefetchRows) * ld + c);
-          ei::pstoreu(y + r * ld + c, detail::aft_scaled_sigmoid(ei::ploadu<P>(qt + r * ld + c), ei::pload<P>(ratio + c)));
-        }
+      Acc* y = ws.tile.data() + kTile * ld;
+      output_rows<false>(qt, rows * ld, ratio, ld, y);
       detail::aft_store_rows(y, rows, d, ld, op + t0 * d);
     }
+  }
+
+  // y[i] = sigma(q[i]) * ratio[i mod ld] for i in [0, size), size a multiple of ld (whole packets).
+  template <bool Stream, class X, class Y>
+  static void output_rows(const X* q, Index size, const Acc* ratio, Index ld, Y* y) {
+    constexpr Index L = detail::kLanes<Acc>;
+    for (Index r = 0; r < size; r += ld)
+      for (Index c = 0; c < ld; c += L) {
+        detail::prefetch_ahead(q + r + c);
+        const auto scale = Eigen::internal::pload<detail::Packet<Acc>>(ratio + c);
+        detail::store_packet<Y, Stream>(y + r + c, detail::aft_scaled_sigmoid(detail::load_packet(q + r + c), scale));
+      }
+#if defined(__AVX512F__)
+    if (Stream) _mm_sfence();  // order the streamed rows before the caller reads them
+#endif
   }
 };
 

@@ -437,40 +437,11 @@ class GaussianBlock {
   RowMatrix<Acc> o_;
 };
 
-/// 2^f for f in [-1/2, 1/2]: Cephes' exp2f polynomial, about 1 ulp.
+/// Kernel weights 2^t in base 2 (t <= 0 up to rounding, clamped at 0 from above so a weight never
+/// exceeds 1; 0 below -126): LandmarkKernel folds log2 e into its operands.
 template <class P>
-EIGEN_ALWAYS_INLINE P exp2_fraction(const P& f) {
-  namespace ei = Eigen::internal;
-  P y = ei::pmadd(ei::pset1<P>(1.535336188319500e-4f), f, ei::pset1<P>(1.339887440266574e-3f));
-  y = ei::pmadd(y, f, ei::pset1<P>(9.618437357674640e-3f));
-  y = ei::pmadd(y, f, ei::pset1<P>(5.550332471162809e-2f));
-  y = ei::pmadd(y, f, ei::pset1<P>(2.402264791363012e-1f));
-  y = ei::pmadd(y, f, ei::pset1<P>(6.931472028550421e-1f));
-  return ei::pmadd(y, f, ei::pset1<P>(1.0f));
-}
-
-/// 2^t for t <= 0 up to rounding (clamped at 0 from above), 0 where it underflows (t < -126):
-/// Cephes' exp2f polynomial on the rounded-off fraction, about 1 ulp. Fewer operations than
-/// exp_nonpositive, whose first step (x log2 e) LandmarkKernel folds into its operands instead.
-template <class P>
-EIGEN_ALWAYS_INLINE P exp2_weight(P t) {
-  namespace ei = Eigen::internal;
-  using PI = typename ei::unpacket_traits<P>::integer_packet;
-#if defined(__AVX512F__)
-  if constexpr (kIsPacket16f<P>) {  // mask register and one vscalefps: two operations fewer
-    const __mmask16 keep = _mm512_cmp_ps_mask(t, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
-    t = ei::pmin(t, ei::pset1<P>(0.0f));
-    const P k = ei::print(t), f = ei::psub(t, k);  // lanes past -126 may be NaN: masked off
-    return _mm512_maskz_scalef_ps(keep, exp2_fraction(f), k);
-  }
-#endif
-  t = ei::pmin(t, ei::pset1<P>(0.0f));
-  const P keep = ei::pcmp_le(ei::pset1<P>(-126.0f), t);
-  t = ei::pmax(t, ei::pset1<P>(-127.0f));  // keeps 2^k a normal float below, where keep is false
-  const P k = ei::print(t), f = ei::psub(t, k);
-  const P y = exp2_fraction(f);
-  const PI e = ei::padd(ei::pcast<P, PI>(k), ei::pset1<PI>(127));
-  return ei::pand(ei::pmul(y, ei::preinterpret<P>(ei::plogical_shift_left<23>(e))), keep);
+EIGEN_ALWAYS_INLINE P exp2_weight(const P& t) {
+  return exp2_nonpositive(Eigen::internal::pmin(t, Eigen::internal::pset1<P>(0.0f)));
 }
 
 /// Gaussian-kernel weights of tiles of tokens x (rows x d, rows <= kTile) against m fixed

@@ -88,9 +88,9 @@ inline Tensor aft_simple(const Tensor& q, const Tensor& k, const Tensor& v, bool
   Tensor out(q.B, q.H, q.N, q.D);
   for (long b = 0; b < q.B; ++b)
     for (long h = 0; h < q.H; ++h)
-      for (long c = 0; c < q.D; ++c)
-        for (long t = 0; t < q.N; ++t) {
-          const long last = causal ? t : q.N - 1;
+      for (long c = 0; c < q.D; ++c) {
+        // sum_{t' <= last} softmax_t'(K) V_t', shifted by the max key of that range.
+        const auto weighted_mean = [&](long last) {
           double mx = k(b, h, 0, c);
           for (long tp = 1; tp <= last; ++tp) mx = std::fmax(mx, k(b, h, tp, c));
           double num = 0.0, den = 0.0;
@@ -99,8 +99,11 @@ inline Tensor aft_simple(const Tensor& q, const Tensor& k, const Tensor& v, bool
             num += e * v(b, h, tp, c);
             den += e;
           }
-          out(b, h, t, c) = sigmoid(q(b, h, t, c)) * num / den;
-        }
+          return num / den;
+        };
+        const double all = causal ? 0.0 : weighted_mean(q.N - 1);  // the same for every t
+        for (long t = 0; t < q.N; ++t) out(b, h, t, c) = sigmoid(q(b, h, t, c)) * (causal ? weighted_mean(t) : all);
+      }
   return out;
 }
 

@@ -13,25 +13,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "tensor.hpp"
+#include "precision.hpp"
 
 namespace softfree {
 namespace detail {
-
-template <class Acc>
-using Packet = typename Eigen::internal::packet_traits<Acc>::type;
-template <class Acc>
-constexpr Index kLanes = Eigen::internal::unpacket_traits<Packet<Acc>>::size;
-
-/// Aligned, grow-only scratch buffer.
-template <class Acc>
-using AlignedBuffer = std::vector<Acc, Eigen::aligned_allocator<Acc>>;
-
-/// True for a 16-lane float packet (AVX-512). Tested through unpacket_traits: naming __m512 in
-/// std::is_same makes GCC warn about its vector attributes.
-template <class P>
-constexpr bool kIsPacket16f = std::is_same<typename Eigen::internal::unpacket_traits<P>::type, float>::value &&
-                              Eigen::internal::unpacket_traits<P>::size == 16;
 
 /// exp(x) for x <= 0 (scores minus their running max; -inf allowed), a leaner form of Eigen's
 /// pexp for float: no upper clamp, and 2^m applied directly. With AVX-512 one vscalefps does it
@@ -67,6 +52,52 @@ EIGEN_ALWAYS_INLINE P exp_nonpositive(const P& x) {
     return ei::pmul(y, ei::preinterpret<P>(ei::plogical_shift_left<23>(e)));
   } else {
     return ei::pexp(x);
+  }
+}
+
+/// log2(e): kernels that fold it into a scale or a shift they apply anyway call exp2_nonpositive.
+template <class Acc>
+constexpr Acc kLog2e = Acc(1.4426950408889634);
+
+/// 2^f for f in [-1/2, 1/2]: Cephes' exp2f polynomial, about 1 ulp.
+template <class P>
+EIGEN_ALWAYS_INLINE P exp2_fraction(const P& f) {
+  namespace ei = Eigen::internal;
+  P y = ei::pmadd(ei::pset1<P>(1.535336188319500e-4f), f, ei::pset1<P>(1.339887440266574e-3f));
+  y = ei::pmadd(y, f, ei::pset1<P>(9.618437357674640e-3f));
+  y = ei::pmadd(y, f, ei::pset1<P>(5.550332471162809e-2f));
+  y = ei::pmadd(y, f, ei::pset1<P>(2.402264791363012e-1f));
+  y = ei::pmadd(y, f, ei::pset1<P>(6.931472028550421e-1f));
+  return ei::pmadd(y, f, ei::pset1<P>(1.0f));
+}
+
+/// 2^t for t <= 0 (and a little above: rounding in a folded shift may leave t just over 0),
+/// exactly 0 below -126 (where float leaves its normal range; -inf included), NaN kept. The
+/// exponent of exp_nonpositive, e^x = 2^(x log2 e), for callers that fold the factor log2 e into
+/// a scale or a shift they apply anyway: three operations fewer (no clamp from above, no
+/// two-step reduction), about 1 ulp (the polynomial's) on top of the rounding of t. Other types
+/// use Eigen's pexp.
+template <class P>
+EIGEN_ALWAYS_INLINE P exp2_nonpositive(P t) {
+  namespace ei = Eigen::internal;
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  if constexpr (std::is_same<Scalar, float>::value) {
+#if defined(__AVX512F__)
+    if constexpr (kIsPacket16f<P>) {  // a mask register and one vscalefps
+      const __mmask16 keep = _mm512_cmp_ps_mask(t, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
+      const P k = ei::print(t);  // lanes below -126 may give a NaN fraction: masked off
+      return _mm512_maskz_scalef_ps(keep, exp2_fraction(ei::psub(t, k)), k);
+    }
+#endif
+    using PI = typename ei::unpacket_traits<P>::integer_packet;
+    const P low = ei::pcmp_lt(t, ei::pset1<P>(-126.0f));
+    t = ei::pmax(t, ei::pset1<P>(-127.0f));  // keeps 2^k's exponent field in range below
+    const P k = ei::print(t);
+    const PI e = ei::padd(ei::pcast<P, PI>(k), ei::pset1<PI>(127));
+    return ei::pandnot(ei::pmul(exp2_fraction(ei::psub(t, k)), ei::preinterpret<P>(ei::plogical_shift_left<23>(e))),
+                       low);
+  } else {
+    return ei::pexp(ei::pmul(t, ei::pset1<P>(Scalar(0.69314718055994530942))));
   }
 }
 
