@@ -143,13 +143,21 @@ EIGEN_ALWAYS_INLINE void store_packet(T* dst, const Packet<accum_t<T>>& x) {
       __m256i h;
       if constexpr (std::is_same<T, Eigen::half>::value) {
         h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      } else {  // as from_float: add 0x7fff + the kept lsb, keep the top half; NaN: set the quiet bit
-        const __m512i u = _mm512_castps_si512(x);
-        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-        r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q),
-                                  _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
-        h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+      } else {
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
+        // vcvtneps2bf16 rounds as from_float (nearest even, NaN quieted) but flushes subnormal
+        // inputs to zero: packets with a subnormal lane (rare) take the integer path below.
+        if (EIGEN_PREDICT_TRUE(_mm512_fpclass_ps_mask(x, 0x20) == 0)) {
+          h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
+        } else
+#endif
+        {  // as from_float: add 0x7fff + the kept lsb, keep the top half; NaN: set the quiet bit
+          const __m512i u = _mm512_castps_si512(x);
+          const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+          __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+          r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x00400000));
+          h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+        }
       }
       if constexpr (Stream)
         _mm256_stream_si256(reinterpret_cast<__m256i*>(dst), h);
