@@ -231,35 +231,14 @@ void aft_exp_rows_split(const Acc* k, const Acc* v, Index d, const Acc* m, Index
     }
 }
 
-/// C (MR x NP packets, leading dimension ldc) += A * B over kc keys: A packed [kc][MR], B rows
-/// of stride ldb. The accumulators stay in registers for the whole depth.
-template <class Acc, int MR, int NP>
-EIGEN_ALWAYS_INLINE void aft_gemm_block(const Acc* a, const Acc* b, Index ldb, Index kc, Acc* c, Index ldc) {
-  namespace ei = Eigen::internal;
-  using P = Packet<Acc>;
-  constexpr Index L = kLanes<Acc>;
-  P acc[MR][NP];
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p) acc[r][p] = ei::ploadu<P>(c + r * ldc + p * L);
-  for (Index k = 0; k < kc; ++k) {
-    P bb[NP];
-    for (int p = 0; p < NP; ++p) bb[p] = ei::ploadu<P>(b + k * ldb + p * L);
-    for (int r = 0; r < MR; ++r) {
-      const P ab = ei::pset1<P>(a[k * MR + r]);
-      for (int p = 0; p < NP; ++p) acc[r][p] = ei::pmadd(ab, bb[p], acc[r][p]);
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p) ei::pstoreu(c + r * ldc + p * L, acc[r][p]);
-}
-
 /// C (MR x width) += A (packed [kc][MR]) * B (kc x width), width a multiple of the packet width.
 template <class Acc, int MR, int NP>
 void aft_gemm_panel(const Acc* a, const Acc* b, Index ldb, Index kc, Index width, Acc* c, Index ldc) {
   constexpr Index L = kLanes<Acc>;
   Index o = 0;
-  for (; o + NP * L <= width; o += NP * L) aft_gemm_block<Acc, MR, NP>(a, b + o, ldb, kc, c + o, ldc);
-  for (; o < width; o += L) aft_gemm_block<Acc, MR, 1>(a, b + o, ldb, kc, c + o, ldc);
+  // A(r, t) = a[t * MR + r]: bcast_block's strides (1, MR), constants once inlined.
+  for (; o + NP * L <= width; o += NP * L) bcast_block<Acc, MR, NP, true>(a, 1, MR, kc, b + o, ldb, c + o, ldc);
+  for (; o < width; o += L) bcast_block<Acc, MR, 1, true>(a, 1, MR, kc, b + o, ldb, c + o, ldc);
 }
 
 /// d rounded up to the packet width: the row stride of padded Acc tiles.
@@ -733,7 +712,7 @@ class AftFull : public Attention<AftFull<T>, T> {
 
   // exp(w) per head slot, packed in chunks of kKC keys, each chunk as row groups of kMR queries
   // key-major: group g of chunk c holds its keys j, each as kMR consecutive values (queries
-  // g*kMR + r; rows past N are zero), the order aft_gemm_block reads A in; an item's groups of
+  // g*kMR + r; rows past N are zero), the order aft_gemm_panel reads A in; an item's groups of
   // one chunk are contiguous. Row t is shifted by max_t' w[t, t'] over its summed keys
   // (all, or t' <= t when causal; the causal table is zero above the diagonal), so entries are
   // <= 1 and the shift cancels in the ratio. Each variant is built on first use, once, and

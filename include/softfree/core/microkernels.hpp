@@ -9,7 +9,9 @@
 // horizontal reduction, and the value product is OT += V^T ST with the same packets. Both are
 // outer-product loops whose scalar operand is broadcast from memory, which x86 folds into the
 // FMA. Eigen's general GEMM reaches about 150 GFLOP/s on these tile shapes (depth 64); these
-// loops keep the accumulators in registers and run closer to the FMA peak.
+// loops keep the accumulators in registers and run closer to the FMA peak. bcast_product is the
+// same kind of loop for general strides of A (SOFT's landmark products, AftFull's packed exp(w)).
+// The exponentials the attention kernels apply to their tiles live here too.
 #include <type_traits>
 #include <vector>
 
@@ -180,6 +182,72 @@ void vp_product(const Acc* v, Index ldv, Index nj, Index dv, const Acc* pt, Inde
     for (; d + RD <= dv; d += RD) vp_block<Acc, RD, 1>(v + d, ldv, nj, pt + i, bq, ot + d * bq + i);
     for (; d < dv; ++d) vp_block<Acc, 1, 1>(v + d, ldv, nj, pt + i, bq, ot + d * bq + i);
   }
+}
+
+/// C (rows x cols, leading dimension ldc) = A B (or += with Add), with A(r, t) = a[r * ar + t * at]
+/// (row-major when at = 1, the transpose of a row-major matrix when ar = 1) and B row-major
+/// (depth x cols, leading dimension ldb). Packets run along C's columns and A's entries are
+/// broadcast from memory, so neither C's rows nor the depth are padded to packets (SOFT's
+/// products all have the landmark count m = 49 in one of those two roles); columns past the last
+/// whole packet go through Eigen. No alignment is required.
+template <class Acc, int RJ, int NP, bool Add>
+EIGEN_ALWAYS_INLINE void bcast_block(const Acc* a, Index ar, Index at, Index depth, const Acc* b, Index ldb, Acc* c,
+                                     Index ldc) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
+  P acc[RJ][NP];
+  for (int r = 0; r < RJ; ++r)
+    for (int p = 0; p < NP; ++p) acc[r][p] = Add ? ei::ploadu<P>(c + r * ldc + p * L) : ei::pset1<P>(Acc(0));
+  for (Index t = 0; t < depth; ++t) {
+    P x[NP];
+    for (int p = 0; p < NP; ++p) x[p] = ei::ploadu<P>(b + t * ldb + p * L);
+    for (int r = 0; r < RJ; ++r) {
+      const P ab = ei::pset1<P>(a[r * ar + t * at]);
+      for (int p = 0; p < NP; ++p) acc[r][p] = ei::pmadd(ab, x[p], acc[r][p]);
+    }
+  }
+  for (int r = 0; r < RJ; ++r)
+    for (int p = 0; p < NP; ++p) ei::pstoreu(c + r * ldc + p * L, acc[r][p]);
+}
+
+// Rows in blocks of RJ, the rest in blocks of RJ / 2, ... 1.
+template <class Acc, int RJ, int NP, bool Add>
+void bcast_rows(const Acc* a, Index ar, Index at, Index rows, Index depth, const Acc* b, Index ldb, Acc* c,
+                Index ldc) {
+  Index r = 0;
+  for (; r + RJ <= rows; r += RJ)
+    bcast_block<Acc, RJ, NP, Add>(a + r * ar, ar, at, depth, b, ldb, c + r * ldc, ldc);
+  if constexpr (RJ > 1) bcast_rows<Acc, RJ / 2, NP, Add>(a + r * ar, ar, at, rows - r, depth, b, ldb, c + r * ldc, ldc);
+}
+
+template <bool Add, class Acc>
+void bcast_product(const Acc* a, Index ar, Index at, Index rows, Index depth, const Acc* b, Index ldb, Index cols,
+                   Acc* c, Index ldc) {
+  constexpr Index L = kLanes<Acc>;
+  // Register blocks of about 24 accumulators (RJ x NP packets) keep both FMA ports busy.
+  Index j = 0;
+  for (; j + 4 * L <= cols; j += 4 * L) bcast_rows<Acc, 6, 4, Add>(a, ar, at, rows, depth, b + j, ldb, c + j, ldc);
+  switch ((cols - j) / L) {
+    case 3: bcast_rows<Acc, 8, 3, Add>(a, ar, at, rows, depth, b + j, ldb, c + j, ldc); j += 3 * L; break;
+    case 2: bcast_rows<Acc, 12, 2, Add>(a, ar, at, rows, depth, b + j, ldb, c + j, ldc); j += 2 * L; break;
+    case 1: bcast_rows<Acc, 8, 1, Add>(a, ar, at, rows, depth, b + j, ldb, c + j, ldc); j += L; break;
+    default: break;
+  }
+  if (j == cols) return;
+  using Stride = Eigen::OuterStride<>;
+  const Eigen::Map<const RowMatrix<Acc>, 0, Stride> bm(b + j, depth, cols - j, Stride(ldb));
+  Eigen::Map<RowMatrix<Acc>, 0, Stride> cm(c + j, rows, cols - j, Stride(ldc));
+  auto run = [&](const auto& am) {
+    if constexpr (Add)
+      cm.noalias() += am * bm;
+    else
+      cm.noalias() = am * bm;
+  };
+  if (at == 1)
+    run(Eigen::Map<const RowMatrix<Acc>, 0, Stride>(a, rows, depth, Stride(ar)));
+  else
+    run(Eigen::Map<const Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic>, 0, Stride>(a, rows, depth, Stride(at)));
 }
 
 }  // namespace detail
