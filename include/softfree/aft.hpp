@@ -310,8 +310,10 @@ EIGEN_ALWAYS_INLINE void aft_sums_block(const X* kt, const X* vt, Index rows, In
   for (int p = 0; p < NP; ++p) mx[p] = load_packet(kt + p * L);
   for (Index r = 1; r < rows; ++r)
     for (int p = 0; p < NP; ++p) {
-      prefetch_ahead(kt + r * ld + p * L);  // K and V come from L3 or memory: ask ahead
-      prefetch_ahead(vt + r * ld + p * L);
+      if ((p * L * Index(sizeof(X))) % 64 == 0) {  // K and V come from L3 or memory: ask ahead, once a line
+        prefetch_ahead(kt + r * ld + p * L);
+        prefetch_ahead(vt + r * ld + p * L);
+      }
       mx[p] = ei::pmax(mx[p], load_packet(kt + r * ld + p * L));
     }
   for (int p = 0; p < NP; ++p) {
@@ -602,7 +604,7 @@ class AftSimple : public Attention<AftSimple<T>, T> {
     constexpr Index L = detail::kLanes<Acc>;
     for (Index r = 0; r < size; r += ld)
       for (Index c = 0; c < ld; c += L) {
-        detail::prefetch_ahead(q + r + c);
+        if ((c * Index(sizeof(X))) % 64 == 0) detail::prefetch_ahead(q + r + c);  // once a cache line
         const auto scale = Eigen::internal::pload<detail::Packet<Acc>>(ratio + c);
         detail::store_packet<Y, Stream>(y + r + c, detail::aft_scaled_sigmoid(detail::load_packet(q + r + c), scale));
       }
