@@ -173,13 +173,20 @@ EIGEN_ALWAYS_INLINE P aft_reciprocal(const P& a) {
   return Eigen::internal::pdiv(Eigen::internal::pset1<P>(Scalar(1)), a);
 }
 
-/// e^{k - m} per lane as 2^(k log2 e - m log2 e), the exponent one FMA (exp2_nonpositive). The
-/// rounding of m log2 e is the same for every key sharing the shift m, so it cancels in num / den.
+/// The shift of aft_exp for a per-channel max m: -m log2 e.
 template <class P>
-EIGEN_ALWAYS_INLINE P aft_exp(const P& k, const P& m) {
+EIGEN_ALWAYS_INLINE P aft_shift(const P& m) {
   namespace ei = Eigen::internal;
-  const P log2e = ei::pset1<P>(kLog2e<typename ei::unpacket_traits<P>::type>);
-  return exp2_nonpositive(ei::pmadd(k, log2e, ei::pnegate(ei::pmul(m, log2e))));
+  return ei::pnegate(ei::pmul(m, ei::pset1<P>(kLog2e<typename ei::unpacket_traits<P>::type>)));
+}
+
+/// e^{k - m} per lane as 2^(k log2 e - m log2 e), the exponent one FMA (exp2_nonpositive), with
+/// shift = aft_shift(m). The rounding of m log2 e is the same for every key sharing the shift m,
+/// so it cancels in num / den.
+template <class P>
+EIGEN_ALWAYS_INLINE P aft_exp(const P& k, const P& shift) {
+  namespace ei = Eigen::internal;
+  return exp2_nonpositive(ei::pmadd(k, ei::pset1<P>(kLog2e<typename ei::unpacket_traits<P>::type>), shift));
 }
 
 /// X[t] = [e^{K[t] - m} * V[t], e^{K[t] - m}, 0...] for t in [lo, hi), row t at x + (t - lo) * ldx
@@ -197,7 +204,7 @@ void aft_exp_rows(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, co
     const Acc* vt = v.data() + t * d;
     Index c = 0;
     for (; c + L <= d; c += L) {
-      const P e = aft_exp(ei::ploadu<P>(kt + c), ei::pload<P>(m + c));
+      const P e = aft_exp(ei::ploadu<P>(kt + c), aft_shift(ei::pload<P>(m + c)));
       ei::pstoreu(xt + d + c, e);
       ei::pstoreu(xt + c, ei::pmul(e, ei::ploadu<P>(vt + c)));
     }
@@ -209,10 +216,6 @@ void aft_exp_rows(const ConstMatrixMap<Acc>& k, const ConstMatrixMap<Acc>& v, co
   }
 }
 
-/// Rows ahead that the streaming passes prefetch (the hardware prefetcher alone leaves the
-/// single-core L3 bandwidth half used on these short strided sweeps).
-constexpr Index kAftPrefetchRows = 64;
-
 /// As aft_exp_rows with the two halves apart, for rows [0, rows) of K and V (rows of D values,
 /// D a multiple of the packet width): ev[t] = e^{K[t] - m} * V[t] and e[t] = e^{K[t] - m}.
 template <class Acc>
@@ -223,9 +226,9 @@ void aft_exp_rows_split(const Acc* k, const Acc* v, Index d, const Acc* m, Index
   for (Index t = 0; t < rows; ++t)
     for (Index c = 0; c < d; c += L) {
       // K and V come from L3 or memory (each item rereads them): ask ahead.
-      ei::prefetch(k + (t + kAftPrefetchRows) * d + c);
-      ei::prefetch(v + (t + kAftPrefetchRows) * d + c);
-      const P x = aft_exp(ei::ploadu<P>(k + t * d + c), ei::pload<P>(m + c));
+      prefetch_ahead(k + t * d + c);
+      prefetch_ahead(v + t * d + c);
+      const P x = aft_exp(ei::ploadu<P>(k + t * d + c), aft_shift(ei::pload<P>(m + c)));
       ei::pstoreu(e + t * d + c, x);
       ei::pstoreu(ev + t * d + c, ei::pmul(x, ei::ploadu<P>(v + t * d + c)));
     }
@@ -286,7 +289,8 @@ template <class P>
 EIGEN_ALWAYS_INLINE P aft_scaled_sigmoid(const P& q, const P& scale) {
   namespace ei = Eigen::internal;
   using Scalar = typename ei::unpacket_traits<P>::type;
-  const P e = exp2_nonpositive(ei::pmul(ei::por(q, ei::pset1<P>(Scalar(-0.0))), ei::pset1<P>(kLog2e<Scalar>)));  // e^-|q|
+  const P e = exp2_nonpositive(ei::pmul(ei::por(q, ei::pset1<P>(Scalar(-0.0))), ei::pset1<P>(kLog2e<Scalar>)));
+  // e = e^-|q|
   const P r = ei::pmul(scale, aft_reciprocal(ei::padd(ei::pset1<P>(Scalar(1)), e)));
 #if defined(__AVX512F__)
   if constexpr (kIsPacket16f<P>)  // one masked multiply (Eigen's pselect takes a vector mask)
@@ -326,11 +330,11 @@ EIGEN_ALWAYS_INLINE void aft_sums_block(const X* kt, const X* vt, Index rows, In
       de[p] = ei::pmul(ei::pload<P>(den + p * L), alpha);
     }
   }
-  P shift[NP];  // -m log2 e: the exponent is then one FMA, as in aft_exp
-  for (int p = 0; p < NP; ++p) shift[p] = ei::pnegate(ei::pmul(mx[p], log2e));
+  P shift[NP];
+  for (int p = 0; p < NP; ++p) shift[p] = aft_shift(mx[p]);
   for (Index r = 0; r < rows; ++r)
     for (int p = 0; p < NP; ++p) {
-      const P e = exp2_nonpositive(ei::pmadd(load_packet(kt + r * ld + p * L), log2e, shift[p]));
+      const P e = aft_exp(load_packet(kt + r * ld + p * L), shift[p]);
       nu[p] = ei::pmadd(e, load_packet(vt + r * ld + p * L), nu[p]);
       de[p] = ei::padd(de[p], e);
     }
@@ -609,7 +613,7 @@ class AftSimple : public Attention<AftSimple<T>, T> {
         detail::store_packet<Y, Stream>(y + r + c, detail::aft_scaled_sigmoid(detail::load_packet(q + r + c), scale));
       }
 #if defined(__AVX512F__)
-    if (Stream) _mm_sfence();  // order the streamed rows before the caller reads them
+    if constexpr (Stream) _mm_sfence();  // order the streamed rows before the caller reads them
 #endif
   }
 };

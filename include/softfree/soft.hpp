@@ -400,7 +400,7 @@ class LandmarkKernel {
 
   LandmarkKernel(Index m, Index d)
       : m_(m), d_(d), ld_(round_up(m)), ml_(main_lanes(m)),
-        s_(static_cast<Acc>((kBase2 ? 1.4426950408889634 : 1.0) / std::sqrt(static_cast<double>(d)))), xn_(static_cast<size_t>(round_up(kTile)), Acc(0)),
+        s_(static_cast<Acc>((kBase2 ? kLog2e<double> : 1.0) / std::sqrt(static_cast<double>(d)))), xn_(static_cast<size_t>(round_up(kTile)), Acc(0)),
         dots_(xn_.size(), Acc(0)), w_(static_cast<size_t>(kTile * ld_)) {}
 
   /// Leading dimension of the weight tiles.
