@@ -444,7 +444,8 @@ TYPED_TEST(Aft, CopiesShareTheCacheAndRepeatedCallsAgree) {
   EXPECT_TRUE(close_to_ref(causal, softfree_ref::aft_full(to_ref(x.q), to_ref(x.k), to_ref(x.v), ref_weights<T>(w), true)));
   AftFull<T> copy = f;
   copy.causal = false;
-  EXPECT_EQ(copy.bias(), f.bias());  // one shared cache
+  ASSERT_TRUE(copy.bias() && f.bias());
+  EXPECT_EQ(copy.bias()->data(), f.bias()->data());  // one shared cache
   Tensor4<T> out(1, 1, 24, 4);
   copy(x.q, x.k, x.v, softfree::View4<T>(out.data(), out.dimensions()));
   EXPECT_TRUE(bitwise_equal(out, first));
@@ -488,7 +489,7 @@ TEST(AftErrors, BadGridOrKernel) {
   k33.setZero(), even.setZero(), big.setZero(), three.setZero();
   EXPECT_TRUE(throws_naming([&] { (void)AftConv<float>(k33, 5, 2)(x.q, x.k, x.v); }, {"AftConv", "rows = 5", "cols = 2", "N = 12"}));
   EXPECT_TRUE(throws_naming([&] { (void)AftConv<float>(k33)(x.q, x.k, x.v); }, {"AftConv", "N = 12", "perfect square"}));
-  EXPECT_TRUE(throws_naming([&] { AftConv<float>{}.set_kernels(even); }, {"kernel", "odd"}));
+  EXPECT_TRUE(throws_naming([&] { AftConv<float>{}.set_bias(even); }, {"kernel", "odd"}));
   EXPECT_TRUE(throws_naming([&] { (void)AftConv<float>(big, 3, 4)(x.q, x.k, x.v); }, {"kernel", "oversized", "3 x 4"}));
   EXPECT_TRUE(throws_naming([&] { (void)AftConv<float>(three, 3, 4)(x.q, x.k, x.v); }, {"kernel", "3 head slots", "H = 2"}));
   AftConv<float> unset;

@@ -25,18 +25,43 @@ template <class T>
 class ApiTyped : public ::testing::Test {};
 TYPED_TEST_SUITE(ApiTyped, StorageTypes, TypeName);
 
-// A second functor type for AnyAttention: out = v (a distinct target type, and a functor whose
-// result is known without any reference).
+}  // namespace
+
+// A second functor type for AnyAttention, written as a method author would (core/attention.hpp):
+// out = v (a distinct target type, and a functor whose result is known without any reference).
+namespace softfree_test_api {
 template <class T>
 struct CopyValues : softfree::Attention<CopyValues<T>, T> {
   static constexpr const char* kName = "CopyValues";
-  softfree::Shape4 check_inputs(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v) const {
-    return softfree::detail::check_qkv(kName, q, k, v, /*allow_cross=*/false);
-  }
-  void compute(const ConstView4<T>&, const ConstView4<T>&, const ConstView4<T>& v, const View4<T>& out) const {
+  static constexpr softfree::Capabilities kCapabilities{};
+  bool causal = false;
+  void check_options(const softfree::Shape4&, const softfree::Shape4&) const {}
+};
+}  // namespace softfree_test_api
+
+namespace softfree {
+namespace detail {
+inline namespace SOFTFREE_ISA {
+template <class T>
+struct Kernel<softfree_test_api::CopyValues<T>> {
+  static NoReport forward(const softfree_test_api::CopyValues<T>&, const ConstView4<T>&, const ConstView4<T>&,
+                          const ConstView4<T>& v, const View4<T>& out) {
     std::memcpy(out.data(), v.data(), static_cast<size_t>(v.size()) * sizeof(T));
+    return {};
   }
 };
+}  // namespace SOFTFREE_ISA
+}  // namespace detail
+}  // namespace softfree
+
+namespace {
+
+using softfree_test_api::CopyValues;
+using namespace softfree_test;
+using softfree::AnyAttention;
+using softfree::ConstView4;
+using softfree::SoftmaxAttention;
+using softfree::View4;
 
 // q [2, 3, 7, 16], k and v [2, 3, 9, 16] (cross-attention, so a k/v mix-up changes shapes).
 template <class T>
@@ -338,6 +363,101 @@ TEST(Api, ExceptionTypes) {
   attn.scale = -1.0;
   EXPECT_THROW(attn(in.q, in.k, in.v), std::invalid_argument);
   EXPECT_THROW(softfree::make_attention<float>("x"), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One API shape: the registry's types, one rule for unsupported options, per-call reports, and
+// errors that name the method behind an AnyAttention.
+
+TEST(Api, RegistryBuildsEachNamedType) {
+  const std::vector<std::pair<std::string, bool (*)(const AnyAttention<float>&)>> expected = {
+      {"softmax", [](const AnyAttention<float>& a) { return a.target<SoftmaxAttention<float>>() != nullptr; }},
+      {"sima", [](const AnyAttention<float>& a) { return a.target<softfree::SimA<float>>() != nullptr; }},
+      {"soft-gaussian", [](const AnyAttention<float>& a) { return a.target<softfree::SoftGaussian<float>>() != nullptr; }},
+      {"soft-nystrom", [](const AnyAttention<float>& a) { return a.target<softfree::SoftNystrom<float>>() != nullptr; }},
+      {"aft-full", [](const AnyAttention<float>& a) { return a.target<softfree::AftFull<float>>() != nullptr; }},
+      {"aft-local", [](const AnyAttention<float>& a) { return a.target<softfree::AftLocal<float>>() != nullptr; }},
+      {"aft-simple", [](const AnyAttention<float>& a) { return a.target<softfree::AftSimple<float>>() != nullptr; }},
+      {"aft-conv", [](const AnyAttention<float>& a) { return a.target<softfree::AftConv<float>>() != nullptr; }},
+  };
+  ASSERT_EQ(softfree::attention_names().size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(softfree::attention_names()[i], expected[i].first);
+    EXPECT_TRUE(expected[i].second(softfree::make_attention<float>(expected[i].first))) << expected[i].first;
+  }
+}
+
+// Every method has a `causal` field and states in kCapabilities whether it supports it; where it
+// does not, causal = true is rejected with the same message, before anything is written.
+template <class F>
+void check_causal_rule(F f, bool supported) {
+  SCOPED_TRACE(F::kName);
+  EXPECT_EQ(F::kCapabilities.causal, supported);
+  EXPECT_EQ(AnyAttention<float>(f).capabilities().causal, supported);
+  const Tensor4<float> x = random_tensor<float>(1, 2, 16, 8, 31);
+  f.causal = true;
+  if (supported) {
+    EXPECT_NO_THROW(f(x, x, x));
+  } else {
+    Tensor4<float> out(1, 2, 16, 8);
+    out.setConstant(7.5f);
+    EXPECT_TRUE(throws_naming([&] { f(x, x, x, out); }, {F::kName, "causal = true is not supported"}));
+    for (Index i = 0; i < out.size(); ++i) ASSERT_EQ(out.data()[i], 7.5f);
+  }
+}
+
+TEST(Api, OneRuleForCausal) {
+  softfree::SoftNystrom<float> nystrom;
+  nystrom.landmarks = softfree::Landmarks::segments(4);
+  check_causal_rule(SoftmaxAttention<float>{}, true);
+  check_causal_rule(softfree::SimA<float>{}, false);
+  check_causal_rule(softfree::SoftGaussian<float>{}, false);
+  check_causal_rule(nystrom, false);
+  check_causal_rule(softfree::AftFull<float>{}, true);
+  check_causal_rule(softfree::AftLocal<float>{}, true);
+  check_causal_rule(softfree::AftSimple<float>{}, true);
+  check_causal_rule(softfree::AftConv<float>{}, false);
+  EXPECT_TRUE(SoftmaxAttention<float>::kCapabilities.cross_attention);
+  EXPECT_FALSE(softfree::AftSimple<float>::kCapabilities.cross_attention);
+}
+
+TEST(Api, AnyAttentionErrorsNameTheHeldMethod) {
+  const Inputs<float> in;
+  const AnyAttention<float> any = softfree::make_attention<float>("softmax");
+  EXPECT_STREQ(any.method_name(), "SoftmaxAttention");
+  Tensor4<float> wrong(2, 3, 7, 8);
+  EXPECT_TRUE(throws_naming([&] { any(in.q, in.k, in.v, wrong); }, {"softfree::SoftmaxAttention", "out has shape"}));
+  const Tensor4<float> bad_k = random_tensor<float>(2, 3, 9, 8, 5);
+  EXPECT_TRUE(throws_naming([&] { any(in.q, bad_k, in.v); }, {"softfree::SoftmaxAttention", "head dim"}));
+  try {
+    any(in.q, in.k, in.v, wrong);
+  } catch (const softfree::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()).find("AnyAttention"), std::string::npos) << e.what();
+  }
+}
+
+// SoftNystrom's Newton diagnostics come back per call, from run(), also through AnyAttention;
+// every other method reports NoReport.
+TEST(Api, PerCallReports) {
+  const Tensor4<float> q = random_tensor<float>(1, 2, 32, 8, 41, 0.0, 1.0), v = random_tensor<float>(1, 2, 32, 8, 42);
+  softfree::SoftNystrom<float> f;
+  f.landmarks = softfree::Landmarks::segments(8);
+  Tensor4<float> out(1, 2, 32, 8);
+  const softfree::NewtonDiagnostics d = f.run(q, q, v, out);
+  EXPECT_EQ(d.heads, 2);
+  EXPECT_EQ(d.steps, 20);
+  f.newton.steps = 3;
+  const softfree::NewtonDiagnostics d3 = f.run(q, q, v, out);
+  EXPECT_EQ(d3.steps, 3);
+  EXPECT_GT(d3.residual, d.residual);  // fewer steps, a worse inverse: each call reports its own
+  const std::any r = AnyAttention<float>(f).run(q, q, v, out);
+  const auto* any_d = std::any_cast<softfree::NewtonDiagnostics>(&r);
+  ASSERT_NE(any_d, nullptr);
+  EXPECT_EQ(any_d->steps, 3);
+  EXPECT_EQ(any_d->residual, d3.residual);
+  const std::any none = softfree::make_attention<float>("sima").run(q, q, v, out);
+  EXPECT_NE(std::any_cast<softfree::NoReport>(&none), nullptr);
+  static_assert(std::is_same<decltype(softfree::SimA<float>{}.run(q, q, v, out)), softfree::NoReport>::value, "");
 }
 
 }  // namespace

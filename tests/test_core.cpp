@@ -170,7 +170,7 @@ TYPED_TEST(LowPrecision, TileLoaderConvertsExactly) {
 
 // Rounding once on store: every output equals static_cast<T>(float), including round-half-even
 // ties, overflow to infinity, subnormals, signed zeros and NaN.
-TYPED_TEST(LowPrecision, StoreRowsRoundsLikeStaticCast) {
+TYPED_TEST(LowPrecision, OutputRoundsLikeStaticCast) {
   using T = TypeParam;
   std::vector<float> f;
   std::mt19937 gen(5);
@@ -191,13 +191,14 @@ TYPED_TEST(LowPrecision, StoreRowsRoundsLikeStaticCast) {
     f.push_back(x);
   while (f.size() % 19) f.push_back(1.f);
   const Index cols = 19, rows = static_cast<Index>(f.size()) / cols;
-  const softfree::ConstMatrixMap<float> src(f.data(), rows, cols);
-  // A strided block (the kernels store a top-rows block of a wider workspace) and the whole.
-  softfree::RowMatrix<float> wide(rows, cols + 5);
-  wide.setConstant(9.f);
-  wide.leftCols(cols) = src;
+  // Through an output tile with a row stride wider than the rows (as AFT's padded tiles are),
+  // and through the contiguous bulk conversion.
   std::vector<T> out(f.size() + 1, T(3));
-  softfree::detail::store_rows(wide.leftCols(cols), out.data());
+  softfree::detail::OutputTile<T> tile;
+  float* y = tile.begin(out.data(), rows, cols, cols + 5);
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols + 5; ++c) y[r * (cols + 5) + c] = c < cols ? f[static_cast<size_t>(r * cols + c)] : 9.f;
+  tile.commit();
   for (size_t i = 0; i < f.size(); ++i) {
     const T want = static_cast<T>(f[i]);
     if (Eigen::numext::isnan(want)) {
@@ -210,8 +211,16 @@ TYPED_TEST(LowPrecision, StoreRowsRoundsLikeStaticCast) {
   }
   EXPECT_EQ(static_cast<float>(out.back()), 3.f) << "wrote past the block";
   std::vector<T> out2(f.size());
-  softfree::detail::store_rows(src, out2.data());
+  softfree::detail::convert_out(f.data(), out2.data(), static_cast<Index>(f.size()));
   EXPECT_EQ(std::memcmp(out.data(), out2.data(), out2.size() * sizeof(T)), 0);
+}
+
+// The output tile writes float results straight into the caller's buffer when the strides agree.
+TEST(Precision, OutputTileIsZeroCopyForAccumulateTypes) {
+  std::vector<float> out(6 * 5, 0.f);
+  softfree::detail::OutputTile<float> tile;
+  EXPECT_EQ(tile.begin(out.data(), 6, 5), out.data());
+  EXPECT_NE(tile.begin(out.data(), 6, 5, 16), out.data());  // padded rows: a tile, copied on commit
 }
 
 TEST(Precision, AccumulateTypes) {

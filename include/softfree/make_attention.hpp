@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "aft.hpp"
-#include "core/attention.hpp"
+#include "core/any_attention.hpp"
 #include "sima.hpp"
 #include "soft.hpp"
 #include "softmax.hpp"
@@ -14,6 +14,7 @@
 namespace softfree {
 
 namespace detail {
+inline namespace SOFTFREE_ISA {
 
 template <class T, class F>
 AnyAttention<T> make_named(const std::string& name) {
@@ -38,7 +39,10 @@ const std::vector<NamedAttention<T>>& attention_registry() {
   return entries;
 }
 
+}  // namespace SOFTFREE_ISA
 }  // namespace detail
+
+inline namespace SOFTFREE_ISA {
 
 /// The names make_attention knows, in registry order.
 inline std::vector<std::string> attention_names() {
@@ -58,4 +62,5 @@ AnyAttention<T> make_attention(const std::string& name) {
   detail::fail("make_attention", "unknown attention name \"", name, "\"; known names: ", known);
 }
 
+}  // namespace SOFTFREE_ISA
 }  // namespace softfree

@@ -6,14 +6,15 @@
 //
 // The fast order never forms Qn or Kn: with a_c, b_c the reciprocal column norms of Q and K,
 // O = Q (diag(a b) (K^T V)), so the scalings fold into the D x D matrix K^T V. That is two column
-// reductions, one D x D x N product, a D x D rescale and one N x D x D product: O(N D^2).
+// reductions, one D x D x N product, a D x D rescale and one N x D x D product: O(N D^2), both
+// products through the kernel layer's gemm.
 #include <algorithm>
-#include <type_traits>
 
 #include "core/attention.hpp"
-#include "core/microkernels.hpp"
+#include "core/kernels/convert.hpp"
+#include "core/kernels/gemm.hpp"
 #include "core/parallel.hpp"
-#include "core/precision.hpp"
+#include "core/schedule.hpp"
 
 namespace softfree {
 
@@ -28,23 +29,17 @@ template <class T = float>
 class SimA : public Attention<SimA<T>, T> {
  public:
   static constexpr const char* kName = "SimA";
+  static constexpr Capabilities kCapabilities{false, true,
+                                              "SimA normalises over all tokens, and the paper defines no causal form"};
 
   /// Lower clamp of the l1 norms (PyTorch F.normalize's eps). A channel whose norm is exactly 0
   /// stays 0 even with eps = 0.
   double eps = 1e-12;
   SimAOrder order = SimAOrder::Auto;
-  /// SimA normalises over all tokens, so it has no causal form (the paper defines none): setting
-  /// this is rejected by every call rather than silently ignored.
-  bool causal = false;
+  bool causal = false;  ///< not supported: true is rejected
   Parallel parallel;
 
-  Shape4 check_inputs(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v) const {
-    if (causal)
-      detail::fail(kName, "causal = true is not supported: SimA normalises over all tokens, and the paper "
-                          "defines no causal form");
-    detail::check_nonnegative_finite(kName, "eps", eps);
-    return detail::check_qkv(kName, q, k, v, /*allow_cross=*/true);
-  }
+  void check_options(const Shape4&, const Shape4&) const { detail::check_nonnegative_finite(kName, "eps", eps); }
 
   /// The order a call with nq queries, nkv keys and head dim d takes. Auto follows the original
   /// code's rule (N < D picks (Qn Kn^T) V; a tie takes Qn (Kn^T V)); for cross-attention it
@@ -53,126 +48,127 @@ class SimA : public Attention<SimA<T>, T> {
     if (order != SimAOrder::Auto) return order;
     return (nq < d && nkv < d) ? SimAOrder::QKFirst : SimAOrder::KVFirst;
   }
+};
 
-  void compute(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
-               const View4<T>& out) const {
-    const Shape4 sq = shape_of(q), sk = shape_of(k);
-    const SimAOrder how = resolved_order(sq.N, sk.N, sq.D);
-    // One item = one (b, h): the column norms need every token of the head.
-    detail::parallel_for(parallel, sq.B * sq.H, [&] {
-      return [&, ws = Workspace(sq.D)](Index bh) mutable {
-        const Index b = bh / sq.H, h = bh % sq.H;
-        const T* qp = head(q, b, h).data();
-        const T* kp = head(k, b, h).data();
-        const T* vp = head(v, b, h).data();
-        T* op = head(out, b, h).data();
-        if (how == SimAOrder::KVFirst)
-          kv_first(qp, sq.N, kp, vp, sk.N, ws, op);
-        else
-          qk_first(qp, sq.N, kp, vp, sk.N, ws, op);
-      };
-    });
-  }
+namespace detail {
+inline namespace SOFTFREE_ISA {
 
- private:
+/// One thread's SimA workspace and the two orders, per (b, h) head.
+template <class T>
+class SimAHead {
   using Acc = accum_t<T>;
-  using Vec = Eigen::Matrix<Acc, 1, Eigen::Dynamic>;
-  // Rows per tile: a 256 x D tile of K and of V stays in L2 while K^T V accumulates over it
-  // (one pass over the whole head per column block would stream it from memory 16 times);
-  // half and bfloat16 tiles are converted into a reused float buffer, float tiles are mapped.
+  // Rows per tile: a 256 x D tile of K and of V stays in L2 while K^T V accumulates over it (one
+  // pass over the whole head per column block would stream it from memory 16 times); half and
+  // bfloat16 tiles are converted into a reused float buffer, float tiles are mapped.
   static constexpr Index kTile = 256;
+  // K^T V and Q M use the flash tiling: 4 x 4 packets over D = 64 columns.
+  using Tile = Tiling<4, 4>;
 
-  struct Workspace {
-    explicit Workspace(Index d) : qnorm(d), knorm(d), partial(d), kv(d, d) {}
-    Vec qnorm, knorm, partial;
-    RowMatrix<Acc> kv, scores, o;
-    detail::TileLoader<T> load_q, load_k, load_v;
-  };
-
-  // The register-blocked kernels of core/microkernels.hpp beat Eigen's GEMM on these thin
-  // shapes; they need D to be a whole number of packets (64 and 128 are).
-  static bool packet_kernels(Index d) { return d % detail::kLanes<Acc> == 0; }
-
-  /// Adds sum_rows |x| to norm, summing each chunk of 256 rows apart first so the rounding error
-  /// grows with the chunk, not with N.
-  template <class Tile>
-  static void add_abs_colsum(const Tile& x, Vec& partial, Vec& norm) {
-    for (Index r0 = 0; r0 < x.rows(); r0 += 256) {
-      partial.setZero();
-      for (Index r = r0; r < std::min(x.rows(), r0 + 256); ++r) partial += x.row(r).cwiseAbs();
-      norm += partial;
-    }
-  }
-
-  /// Turns column l1 norms into the scales 1 / max(norm, eps); an all-zero channel gets 0.
-  void to_scales(Vec& norm) const {
-    const Acc e = static_cast<Acc>(eps);
-    for (Index c = 0; c < norm.size(); ++c) norm[c] = norm[c] > 0 ? Acc(1) / std::max(norm[c], e) : Acc(0);
-  }
+ public:
+  SimAHead(Index d, Acc eps) : d_(d), eps_(eps), qnorm_(static_cast<size_t>(d)), knorm_(qnorm_.size()),
+                               kv_(static_cast<size_t>(d * d)) {}
 
   // O = Q (diag(a b) (K^T V)).
-  void kv_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, Workspace& ws, T* op) const {
-    const Index d = ws.kv.rows();
-    ws.kv.setZero();
-    ws.knorm.setZero();
+  void kv_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op) {
+    const Index d = d_;
+    Acc* kv = kv_.data();
+    std::fill(kv_.begin(), kv_.end(), Acc(0));
+    std::fill(knorm_.begin(), knorm_.end(), Acc(0));
     for (Index r0 = 0; r0 < nk; r0 += kTile) {
       const Index rows = std::min(kTile, nk - r0);
-      const auto kt = ws.load_k(kp + r0 * d, rows, d);
-      const auto vt = ws.load_v(vp + r0 * d, rows, d);
-      if (packet_kernels(d))  // kv += K^T V, 64 rows at a time so the V rows it re-reads stay in L1
-        for (Index j = 0; j < rows; j += 64)
-          detail::vp_product(kt.data() + j * d, d, std::min<Index>(64, rows - j), d, vt.data() + j * d, d,
-                             ws.kv.data());
-      else
-        ws.kv.noalias() += kt.transpose() * vt;
-      add_abs_colsum(kt, ws.partial, ws.knorm);
+      const Acc* kt = load_k_(kp + r0 * d, rows, d).data();
+      const Acc* vt = load_v_(vp + r0 * d, rows, d).data();
+      for (Index j = 0; j < rows; j += 64)  // 64 rows at a time, so the V rows it re-reads stay in L1
+        gemm<Tile>(d, d, std::min<Index>(64, rows - j), StridedA<Acc>{kt + j * d, 1, d}, RowsB<Acc>{vt + j * d, d},
+                   AddC<Acc>(kv, d));
+      add_abs_colsum(kt, rows, knorm_.data());
     }
-    ws.qnorm.setZero();
+    std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));
     for (Index r0 = 0; r0 < nq; r0 += kTile) {
       const Index rows = std::min(kTile, nq - r0);
-      add_abs_colsum(ws.load_q(qp + r0 * d, rows, d), ws.partial, ws.qnorm);
+      add_abs_colsum(load_q_(qp + r0 * d, rows, d).data(), rows, qnorm_.data());
     }
-    to_scales(ws.qnorm);
-    to_scales(ws.knorm);
-    ws.kv.array().colwise() *= (ws.qnorm.array() * ws.knorm.array()).transpose();  // row c scaled by a_c b_c
+    to_scales(qnorm_.data());
+    to_scales(knorm_.data());
+    for (Index c = 0; c < d; ++c)  // row c scaled by a_c b_c
+      MatrixMap<Acc>(kv + c * d, 1, d) *= qnorm_[static_cast<size_t>(c)] * knorm_[static_cast<size_t>(c)];
     for (Index r0 = 0; r0 < nq; r0 += kTile) {
       const Index rows = std::min(kTile, nq - r0);
-      const auto qt = ws.load_q(qp + r0 * d, rows, d);
-      // Accumulate in the caller's buffer when T is the accumulate type, else in the workspace
-      // (rounded once on store; no reallocation after the first full tile).
-      Acc* o = nullptr;
-      if constexpr (std::is_same<T, Acc>::value) {
-        o = op + r0 * d;
-      } else {
-        ws.o.resize(rows, d);
-        o = ws.o.data();
-      }
-      if (packet_kernels(d))
-        detail::kq_product(qt.data(), d, rows, ws.kv.data(), d, d, o);  // o = Q M
-      else
-        MatrixMap<Acc>(o, rows, d).noalias() = qt * ws.kv;
-      if constexpr (!std::is_same<T, Acc>::value) detail::store_rows(ws.o, op + r0 * d);
+      const Acc* qt = load_q_(qp + r0 * d, rows, d).data();
+      Acc* o = out_.begin(op + r0 * d, rows, d);
+      gemm<Tile>(rows, d, d, StridedA<Acc>{qt, d, 1}, RowsB<Acc>{kv, d}, StoreC<Acc>{o, d});  // o = Q M
+      out_.commit();
     }
   }
 
   // O = ((Q diag(a b)) K^T) V: for short sequences, where the Nq x Nkv matrix is the small one.
-  void qk_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, Workspace& ws, T* op) const {
-    const Index d = ws.kv.rows();
-    const auto kt = ws.load_k(kp, nk, d);
-    const auto qt = ws.load_q(qp, nq, d);
-    ws.knorm.setZero();
-    ws.qnorm.setZero();
-    add_abs_colsum(kt, ws.partial, ws.knorm);
-    add_abs_colsum(qt, ws.partial, ws.qnorm);
-    to_scales(ws.qnorm);
-    to_scales(ws.knorm);
-    ws.o.resize(nq, d);
-    ws.o = qt.array().rowwise() * (ws.qnorm.array() * ws.knorm.array());
-    ws.scores.resize(nq, nk);
-    ws.scores.noalias() = ws.o * kt.transpose();
-    ws.o.noalias() = ws.scores * ws.load_v(vp, nk, d);
-    detail::store_rows(ws.o, op);
+  void qk_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op) {
+    const Index d = d_;
+    const Acc* kt = load_k_(kp, nk, d).data();
+    const Acc* qt = load_q_(qp, nq, d).data();
+    std::fill(knorm_.begin(), knorm_.end(), Acc(0));
+    std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));
+    add_abs_colsum(kt, nk, knorm_.data());
+    add_abs_colsum(qt, nq, qnorm_.data());
+    to_scales(qnorm_.data());
+    to_scales(knorm_.data());
+    Acc* qs = reserve(qs_, nq * d);
+    for (Index r = 0; r < nq; ++r)
+      for (Index c = 0; c < d; ++c)
+        qs[r * d + c] = qt[r * d + c] * (qnorm_[static_cast<size_t>(c)] * knorm_[static_cast<size_t>(c)]);
+    Acc* scores = reserve(scores_, nq * nk);
+    gemm_dot(nq, nk, d, qs, d, kt, d, StoreC<Acc>{scores, nk});
+    Acc* o = out_.begin(op, nq, d);
+    gemm<GeneralTiling>(nq, d, nk, StridedA<Acc>{scores, nk, 1}, RowsB<Acc>{load_v_(vp, nk, d).data(), d},
+                        StoreC<Acc>{o, d});
+    out_.commit();
+  }
+
+ private:
+  /// Adds sum_rows |x| to norm, summing each chunk of 256 rows apart first so the rounding error
+  /// grows with the chunk, not with N.
+  void add_abs_colsum(const Acc* x, Index rows, Acc* norm) {
+    using Row = Eigen::Array<Acc, 1, Eigen::Dynamic>;
+    Eigen::Map<Row> total(norm, d_), partial(reserve(partial_, d_), d_);
+    for (Index r0 = 0; r0 < rows; r0 += 256) {
+      partial.setZero();
+      for (Index r = r0; r < std::min(rows, r0 + 256); ++r) partial += Eigen::Map<const Row>(x + r * d_, d_).abs();
+      total += partial;
+    }
+  }
+
+  /// Turns column l1 norms into the scales 1 / max(norm, eps); an all-zero channel gets 0.
+  void to_scales(Acc* norm) const {
+    for (Index c = 0; c < d_; ++c) norm[c] = norm[c] > 0 ? Acc(1) / std::max(norm[c], eps_) : Acc(0);
+  }
+
+  Index d_;
+  Acc eps_;
+  AlignedBuffer<Acc> qnorm_, knorm_, partial_, kv_, qs_, scores_;
+  TileLoader<T> load_q_, load_k_, load_v_;
+  OutputTile<T> out_;
+};
+
+template <class T>
+struct Kernel<SimA<T>> {
+  static NoReport forward(const SimA<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
+                          const View4<T>& out) {
+    const Shape4 sq = shape_of(q), sk = shape_of(k);
+    const SimAOrder how = f.resolved_order(sq.N, sk.N, sq.D);
+    // One item = one (b, h): the column norms need every token of the head.
+    for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N}, [&] {
+      return [&, ws = SimAHead<T>(sq.D, static_cast<accum_t<T>>(f.eps))](const WorkGrid::Item& it) mutable {
+        const HeadSlices<T> x = head_slices(q, k, v, out, it.b, it.h);
+        if (how == SimAOrder::KVFirst)
+          ws.kv_first(x.q, sq.N, x.k, x.v, sk.N, x.out);
+        else
+          ws.qk_first(x.q, sq.N, x.k, x.v, sk.N, x.out);
+      };
+    });
+    return {};
   }
 };
 
+}  // namespace SOFTFREE_ISA
+}  // namespace detail
 }  // namespace softfree

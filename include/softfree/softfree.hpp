@@ -2,6 +2,7 @@
 // softfree: attention kernels that replace softmax attention (SimA, SOFT, AFT) beside a tiled
 // softmax baseline, as interchangeable functors over [B, H, N, D] Eigen tensors.
 #include "version.hpp"
+#include "core/any_attention.hpp"
 #include "core/attention.hpp"
 #include "core/checks.hpp"
 #include "core/error.hpp"

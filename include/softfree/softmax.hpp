@@ -1,28 +1,34 @@
 #pragma once
 // SoftmaxAttention: the baseline every speed-up is measured against.
 //
-// O = softmax(s Q K^T [+ mask]) V, computed flash-style: a block of 4 packets of queries (64 with
-// AVX-512 float), scaled and transposed once, meets tiles of 128 keys. Each score tile is one
-// register-blocked product (core/microkernels.hpp) laid out keys x queries, so the online softmax
-// (running max and sum per query, in the accumulate type) runs down packet columns with no
-// horizontal reductions, and a second product accumulates V^T P into the block's D x 64
-// accumulator. No N x N matrix exists: memory is O(N D) plus one tile per thread.
+// O = softmax(s Q K^T [+ mask]) V, as a flash attention (core/kernels/flash.hpp): a block of four
+// packets of queries (64 with AVX-512 float), scaled and transposed once, meets tiles of 128
+// keys; each score tile is one register-blocked product laid out keys x queries, and the online
+// softmax (running max and sum per query, in the accumulate type) runs down packet columns with
+// no horizontal reductions. The exponential is exp2_nonpositive of (score - max) log2 e: log2 e
+// is applied after the max is subtracted, so its rounding scales with how far a score lies below
+// the max, not with the score itself (logits of 1e4 keep float accuracy). No N x N matrix exists:
+// memory is O(N D) plus one tile per thread.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <vector>
 
 #include "core/attention.hpp"
-#include "core/microkernels.hpp"
+#include "core/kernels/flash.hpp"
+#include "core/kernels/math.hpp"
 #include "core/parallel.hpp"
-#include "core/precision.hpp"
 
 namespace softfree {
 
 template <class T = float>
 class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
+  using Acc = accum_t<T>;
+
  public:
   static constexpr const char* kName = "SoftmaxAttention";
+  static constexpr Capabilities kCapabilities{true, true, ""};
 
   /// Score scale s; unset means 1 / sqrt(D). Must be positive and finite when set.
   std::optional<double> scale;
@@ -33,134 +39,112 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
   std::vector<Index> key_lengths;
   Parallel parallel;
 
-  Shape4 check_inputs(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v) const {
-    const Shape4 s = detail::check_qkv(kName, q, k, v, /*allow_cross=*/true);
+  void check_options(const Shape4& sq, const Shape4& sk) const {
     if (scale) {
       detail::check_positive_finite(kName, "scale", *scale);
       if (*scale > static_cast<double>(std::numeric_limits<Acc>::max()))
-        detail::fail(kName, "scale = ", *scale, ": exceeds the ", precision<Acc>::name, " range the scores are computed in");
+        detail::fail(kName, "scale = ", *scale, ": exceeds the ", precision<Acc>::name,
+                     " range the scores are computed in");
     }
-    detail::check_key_lengths(kName, key_lengths, s.B, shape_of(k).N);
-    return s;
+    detail::check_key_lengths(kName, key_lengths, sq.B, sk.N);
   }
 
-  void compute(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
-               const View4<T>& out) const {
-    const Shape4 sq = shape_of(q), sk = shape_of(k);
-    const Index nq = sq.N, nk = sk.N;
-    const Acc s = static_cast<Acc>(scale ? *scale : 1.0 / std::sqrt(static_cast<double>(sq.D)));
-    const Index q_blocks = (nq + kBlockQ - 1) / kBlockQ;
-
-    // One item = one block of query rows of one (b, h): independent of the thread count.
-    detail::parallel_for(parallel, sq.B * sq.H * q_blocks, [&] {
-      return [&, ws = Workspace(sq.D)](Index item) mutable {
-        const Index bh = item / q_blocks, b = bh / sq.H, h = bh % sq.H;
-        const Index i0 = (item % q_blocks) * kBlockQ, rows = std::min(kBlockQ, nq - i0);
-        Index key_end = key_lengths.empty() ? nk : key_lengths[static_cast<size_t>(b)];
-        if (causal) key_end = std::min(key_end, i0 + rows);
-        run_block(head(q, b, h).data() + i0 * sq.D, rows, head(k, b, h).data(), head(v, b, h).data(), nk, key_end,
-                  i0, s, ws, head(out, b, h).data() + i0 * sq.D);
-      };
-    });
-  }
-
- private:
-  using Acc = accum_t<T>;
-  // Query block: four packets of queries (64 with AVX-512 float), kept transposed in L1 with
-  // its D x 64 accumulator. Key tile: 128 keys, so a score tile (32 KiB) stays in L1 too.
-  static constexpr Index kBlockQ = 4 * detail::kLanes<Acc>;
-  static constexpr Index kBlockK = 128;
-
-  struct Workspace {
-    explicit Workspace(Index d)
-        : d(d), qt(static_cast<size_t>(d * kBlockQ)), ot(qt.size()), st(static_cast<size_t>(kBlockK * kBlockQ)),
-          row_max(kBlockQ), row_sum(kBlockQ), o(kBlockQ, d) {}
-    Index d;
-    detail::AlignedBuffer<Acc> qt, ot, st, row_max, row_sum;
-    RowMatrix<Acc> o;
-    detail::TileLoader<T> load_q, load_k, load_v;
-  };
-
-  // Queries i0 .. i0+rows of one head against keys [0, key_end): transposed scaled queries QT,
-  // then for each key tile ST = K QT, online softmax down each query column, OT += V^T ST.
-  void run_block(const T* qp, Index rows, const T* kp, const T* vp, Index nk, Index key_end, Index i0, Acc s,
-                 Workspace& ws, T* op) const {
-    using P = detail::Packet<Acc>;
-    namespace ei = Eigen::internal;
-    constexpr Index L = detail::kLanes<Acc>, bq = kBlockQ;
-    constexpr int NQ = static_cast<int>(kBlockQ / L);
-    const Index d = ws.d;
-    const auto qb = ws.load_q(qp, rows, d);
-    // Half and bfloat16 keys and values are converted once per head per thread and reused by
-    // every query block of that head (the loader keeps the last head it converted).
-    const auto k_head = ws.load_k(kp, nk, d);
-    const auto v_head = ws.load_v(vp, nk, d);
-    Acc* qt = ws.qt.data();
-    for (Index c = 0; c < d; ++c) {
-      for (Index r = 0; r < rows; ++r) qt[c * bq + r] = qb(r, c) * s;  // scale folded into Q once
-      for (Index r = rows; r < bq; ++r) qt[c * bq + r] = Acc(0);       // padding queries: harmless zeros
-    }
-    std::fill(ws.ot.begin(), ws.ot.end(), Acc(0));
-    std::fill(ws.row_max.begin(), ws.row_max.end(), -std::numeric_limits<Acc>::infinity());
-    std::fill(ws.row_sum.begin(), ws.row_sum.end(), Acc(0));
-
-    for (Index j0 = 0; j0 < key_end; j0 += kBlockK) {
-      const Index nj = std::min(kBlockK, key_end - j0);
-      const Acc* kt = k_head.data() + j0 * d;
-      const Acc* vt = v_head.data() + j0 * d;
-      Acc* st = ws.st.data();
-      detail::kq_product(kt, d, nj, qt, bq, d, st);
-      // Causal: key j0 + j is hidden from queries i0 + i < j0 + j, the first `hidden(j)` columns.
-      const auto hidden = [&](Index j) { return causal ? std::clamp<Index>(j0 + j - i0, 0, bq) : Index(0); };
-      const Index first_masked = causal ? std::clamp<Index>(i0 + 1 - j0, 0, nj) : nj;
-      for (Index j = first_masked; j < nj; ++j)
-        std::fill(st + j * bq, st + j * bq + hidden(j), -std::numeric_limits<Acc>::infinity());
-      // Online softmax down each query column. Key 0 is visible to every query, so after the
-      // first tile every running max is finite. Rows outer, packets inner: NQ independent chains.
-      P m[NQ], sum[NQ], alpha[NQ];
-      for (int p = 0; p < NQ; ++p) m[p] = ei::pload<P>(ws.row_max.data() + p * L);
-      for (Index j = 0; j < nj; ++j)
-        for (int p = 0; p < NQ; ++p) m[p] = ei::pmax(m[p], ei::pload<P>(st + j * bq + p * L));
-      for (int p = 0; p < NQ; ++p) {
-        alpha[p] = detail::exp_nonpositive(ei::psub(ei::pload<P>(ws.row_max.data() + p * L), m[p]));  // ~0 on the first tile
-        sum[p] = ei::pset1<P>(Acc(0));
-      }
-      for (Index j = 0; j < nj; ++j)
-        for (int p = 0; p < NQ; ++p) {
-          const P e = detail::exp_nonpositive(ei::psub(ei::pload<P>(st + j * bq + p * L), m[p]));
-          ei::pstore(st + j * bq + p * L, e);
-          sum[p] = ei::padd(sum[p], e);
-        }
-      for (int p = 0; p < NQ; ++p) {
-        ei::pstore(ws.row_sum.data() + p * L, ei::pmadd(ei::pload<P>(ws.row_sum.data() + p * L), alpha[p], sum[p]));
-        ei::pstore(ws.row_max.data() + p * L, m[p]);
-      }
-      for (Index c = 0; c < d; ++c)
-        for (int p = 0; p < NQ; ++p) {
-          Acc* o = ws.ot.data() + c * bq + p * L;
-          ei::pstore(o, ei::pmul(ei::pload<P>(o), alpha[p]));
-        }
-      // Keys every query of the block sees go through the packet kernel. Keys on the causal
-      // diagonal skip their hidden queries instead of weighting them by 0, so a NaN or inf in a
-      // hidden value (say, an unused slot of a KV cache) never reaches an earlier row.
-      detail::vp_product(vt, d, first_masked, d, st, bq, ws.ot.data());
-      for (Index j = first_masked; j < nj; ++j) {
-        const Index from = hidden(j);
-        const Acc* p = st + j * bq;
-        for (Index c = 0; c < d; ++c) {
-          const Acc x = vt[j * d + c];
-          Acc* o = ws.ot.data() + c * bq;
-          for (Index i = from; i < bq; ++i) o[i] += x * p[i];
-        }
-      }
-    }
-    for (Index r = 0; r < rows; ++r) {
-      const Acc l = ws.row_sum[static_cast<size_t>(r)];
-      const Acc inv = l > 0 ? Acc(1) / l : Acc(0);  // a row with no visible key yields zeros
-      for (Index c = 0; c < d; ++c) ws.o(r, c) = ws.ot[static_cast<size_t>(c * bq + r)] * inv;
-    }
-    detail::store_rows(ws.o.topRows(rows), op);
+  /// The score scale a call with head dim d uses.
+  Acc scale_for(Index d) const {
+    return static_cast<Acc>(scale ? *scale : 1.0 / std::sqrt(static_cast<double>(d)));
   }
 };
 
+namespace detail {
+inline namespace SOFTFREE_ISA {
+
+/// The flash Score of SoftmaxAttention: causal masking and the online softmax.
+template <class Acc>
+class SoftmaxScore {
+  using P = Packet<Acc>;
+  static constexpr Index kBlockQ = FlashBlock<Acc>::kBlockQ, L = kLanes<Acc>;
+  static constexpr int NQ = static_cast<int>(kBlockQ / L);
+
+ public:
+  SoftmaxScore(Acc scale, bool causal)
+      : s_(scale), causal_(causal), max_(static_cast<size_t>(kBlockQ)), sum_(max_.size()) {}
+
+  /// Readies the block of queries from row i0.
+  void set_block(Index i0) { i0_ = i0; }
+
+  Acc query_scale() const { return s_; }
+  void begin(const ConstMatrixMap<Acc>&) {
+    std::fill(max_.begin(), max_.end(), -std::numeric_limits<Acc>::infinity());
+    std::fill(sum_.begin(), sum_.end(), Acc(0));
+  }
+  StoreC<Acc> tile_output(Acc* st, Index bq, const Acc*, Index) { return {st, bq}; }
+
+  /// Masks the causal diagonal, then the online softmax down each query column: the running max
+  /// m, the weights e^(score - m) in place, the running sum, and the accumulator rescaled by
+  /// e^(m_old - m). Key 0 is visible to every query, so after the first tile every running max is
+  /// finite. Returns the keys every query of the block sees.
+  Index weigh(Acc* st, Index bq, Index nj, Index j0, Acc* ot, Index d) {
+    const Index dense = causal_ ? std::clamp<Index>(i0_ + 1 - j0, 0, nj) : nj;
+    for (Index j = dense; j < nj; ++j) std::fill(st + j * bq, st + j * bq + hidden(j0 + j), -kInf);
+    // Rows outer, packets inner: NQ independent chains.
+    const P log2e = ei::pset1<P>(kLog2e<Acc>);
+    P m[NQ], sum[NQ], alpha[NQ];
+    for (int p = 0; p < NQ; ++p) m[p] = ei::pload<P>(max_.data() + p * L);
+    for (Index j = 0; j < nj; ++j)
+      for (int p = 0; p < NQ; ++p) m[p] = vmax(m[p], ei::pload<P>(st + j * bq + p * L));
+    for (int p = 0; p < NQ; ++p) {
+      alpha[p] = exp2_nonpositive(ei::pmul(ei::psub(ei::pload<P>(max_.data() + p * L), m[p]), log2e));  // 0 at first
+      sum[p] = ei::pset1<P>(Acc(0));
+    }
+    for (Index j = 0; j < nj; ++j)
+      for (int p = 0; p < NQ; ++p) {
+        const P e = exp2_nonpositive(ei::pmul(ei::psub(ei::pload<P>(st + j * bq + p * L), m[p]), log2e));
+        ei::pstore(st + j * bq + p * L, e);
+        sum[p] = ei::padd(sum[p], e);
+      }
+    for (int p = 0; p < NQ; ++p) {
+      ei::pstore(sum_.data() + p * L, ei::pmadd(ei::pload<P>(sum_.data() + p * L), alpha[p], sum[p]));
+      ei::pstore(max_.data() + p * L, m[p]);
+    }
+    for (Index c = 0; c < d; ++c)
+      for (int p = 0; p < NQ; ++p) ei::pstore(ot + c * bq + p * L, ei::pmul(ei::pload<P>(ot + c * bq + p * L), alpha[p]));
+    return dense;
+  }
+
+  /// Causal: key j is hidden from queries i0 + i < j, the first hidden(j) columns.
+  Index hidden(Index key) const { return causal_ ? std::clamp<Index>(key - i0_, 0, kBlockQ) : Index(0); }
+
+  Acc row_factor(Index r) const {
+    const Acc l = sum_[static_cast<size_t>(r)];
+    return l > 0 ? Acc(1) / l : Acc(0);  // a row with no visible key yields zeros
+  }
+
+ private:
+  static constexpr Acc kInf = std::numeric_limits<Acc>::infinity();
+  Acc s_;
+  bool causal_;
+  Index i0_ = 0;
+  AlignedBuffer<Acc> max_, sum_;
+};
+
+template <class T>
+struct Kernel<SoftmaxAttention<T>> {
+  static NoReport forward(const SoftmaxAttention<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
+                          const ConstView4<T>& v, const View4<T>& out) {
+    using Score = SoftmaxScore<accum_t<T>>;
+    const Index nk = shape_of(k).N;
+    const auto s = f.scale_for(shape_of(q).D);
+    flash_attention(
+        f.parallel, q, k, v, out, [&] { return Score(s, f.causal); },
+        [&](Score& score, const WorkGrid::Item& it) {
+          score.set_block(it.r0);
+          const Index key_end = f.key_lengths.empty() ? nk : f.key_lengths[static_cast<size_t>(it.b)];
+          return f.causal ? std::min(key_end, it.r0 + it.rows) : key_end;
+        });
+    return {};
+  }
+};
+
+}  // namespace SOFTFREE_ISA
+}  // namespace detail
 }  // namespace softfree

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 
+#include "kernels/isa.hpp"
 #include "tensor.hpp"
 
 namespace softfree {
@@ -31,6 +32,7 @@ struct Parallel {
 };
 
 namespace detail {
+inline namespace SOFTFREE_ISA {
 
 /// Pools owned by the library, created on first request of a given size and kept until exit so
 /// repeated calls do not pay thread start-up.
@@ -87,5 +89,6 @@ void parallel_for(const Parallel& p, Index n, MakeWorker&& make_worker) {
   if (error) std::rethrow_exception(error);
 }
 
+}  // namespace SOFTFREE_ISA
 }  // namespace detail
 }  // namespace softfree

@@ -6,13 +6,15 @@
 // Eigen::TensorMap and never copied. The (b, h) slice is then a contiguous row-major N x D
 // matrix, which the kernels map with Eigen::Map (no copy) and hand to Eigen's GEMM.
 #ifndef EIGEN_USE_THREADS
-#define EIGEN_USE_THREADS  // softfree accepts an Eigen::ThreadPoolDevice
+#define EIGEN_USE_THREADS  // softfree accepts an Eigen::ThreadPoolDevice (the CMake target defines it too)
 #endif
 #include <Eigen/Core>
 #include <unsupported/Eigen/CXX11/Tensor>
-
+// Included after Eigen's Tensor module was, without EIGEN_USE_THREADS: bring in the thread-pool
+// device ourselves rather than make the include order an error (the device is all we use).
 #if !defined(EIGEN_CXX11_TENSOR_TENSOR_DEVICE_THREAD_POOL_H)
-#error "softfree: Eigen's Tensor module was included without EIGEN_USE_THREADS; include <softfree/softfree.hpp> first or define EIGEN_USE_THREADS"
+#include <unsupported/Eigen/CXX11/ThreadPool>
+#include <unsupported/Eigen/CXX11/src/Tensor/TensorDeviceThreadPool.h>
 #endif
 
 #include <array>

@@ -1,0 +1,277 @@
+#pragma once
+// AftLocal(s): AftFull whose bias is kept inside the window |t - t'| < s and is 0 (not -inf)
+// outside, so keys outside the window still count with weight e^K (SPEC.md "AFT"). Computed as
+// the sums outside the window (prefix and suffix sums, no subtraction) plus the window's weighted
+// sum through the kernel layer's gemm: O(N s D). The bias is stored as its band only.
+#include <algorithm>
+#include <memory>
+#include <mutex>
+
+#include "../core/attention.hpp"
+#include "../core/parallel.hpp"
+#include "../core/schedule.hpp"
+#include "common.hpp"
+#include "simple.hpp"
+
+namespace softfree {
+namespace detail {
+
+/// AftLocal's band [1 or H, N, 2s - 1] (band[h, t, j] = w[t, t - (s - 1) + j]) and, per variant
+/// (non-causal, causal), the weights every row uses, built once on first use and shared by copies:
+/// ew[slot, t, j] = e^{w - r_t} inside row t's window (zero elsewhere) and eo[slot, t] = e^{-r_t}
+/// for the keys outside it, with r_t = max(0, max of w over the window), so every weight is <= 1.
+template <class Acc>
+class AftLocalBand {
+ public:
+  AftLocalBand(Index s, AftTable<Acc> band) : s_(s), band_(std::move(band)) {}
+  Index window() const { return s_; }
+  const AftTable<Acc>& table() const { return band_; }
+  /// w[t, t'] of slot hs for |t - t'| < s.
+  Acc w(Index hs, Index t, Index tp) const { return band_(hs, t, tp - t + s_ - 1); }
+
+  void weights(bool causal, const Acc** ew, const Acc** eo) const {
+    const int c = causal ? 1 : 0;
+    std::call_once(once_[c], [&] { build(causal, ew_[c], eo_[c]); });
+    *ew = ew_[c].data();
+    *eo = eo_[c].data();
+  }
+
+ private:
+  void build(bool causal, AlignedBuffer<Acc>& ew, AlignedBuffer<Acc>& eo) const {
+    const Index slots = band_.slots, n = band_.rows, nb = 2 * s_ - 1;
+    ew.assign(static_cast<size_t>(slots * n * nb), Acc(0));
+    eo.assign(static_cast<size_t>(slots * n), Acc(0));
+    for (Index hs = 0; hs < slots; ++hs)
+      for (Index t = 0; t < n; ++t) {
+        const Index lo = std::max<Index>(0, t - s_ + 1) - t + s_ - 1;
+        const Index hi = (causal ? t : std::min(n - 1, t + s_ - 1)) - t + s_ - 1;
+        Acc r = 0;
+        for (Index j = lo; j <= hi; ++j) r = std::max(r, band_(hs, t, j));
+        eo[static_cast<size_t>(hs * n + t)] = std::exp(-r);
+        for (Index j = lo; j <= hi; ++j) ew[static_cast<size_t>((hs * n + t) * nb + j)] = std::exp(band_(hs, t, j) - r);
+      }
+  }
+
+  Index s_;
+  AftTable<Acc> band_;
+  mutable std::once_flag once_[2];
+  mutable AlignedBuffer<Acc> ew_[2], eo_[2];
+};
+
+}  // namespace detail
+
+/// AFT-local(s). Without a bias, w = 0 inside the window too (the result equals AftSimple).
+/// causal: sums over t' <= t.
+template <class T = float>
+class AftLocal : public Attention<AftLocal<T>, T>, public detail::AftBias<AftLocal<T>, T, detail::AftLocalBand<accum_t<T>>> {
+  using Acc = accum_t<T>;
+  using Params = detail::AftLocalBand<Acc>;
+
+ public:
+  static constexpr const char* kName = "AftLocal";
+  static constexpr Capabilities kCapabilities{true, false, ""};
+
+  /// s: the window half-width (keys with |t - t'| < s carry the bias); s >= 1. A bias is set for
+  /// one s: after changing window, set the bias again.
+  Index window = 32;
+  bool causal = false;
+  Parallel parallel;
+
+  AftLocal() = default;
+  explicit AftLocal(Index s) : window(s) {}
+  /// w: N x N (shared) or [1 or H, N, N]; only the band |t - t'| < s is kept.
+  template <class W>
+  AftLocal(Index s, const W& w) : window(s) {
+    this->set_bias(w);
+  }
+
+  /// Sets the bias directly as its band [1 or H, N, 2s - 1]: band[h, t, j] = w[t, t - (s - 1) + j]
+  /// (entries with t' outside [0, N) are ignored). Sets window = s. Memory O(N s), not O(N^2).
+  /// bias() then returns this band (as it does after set_bias, which keeps only the band).
+  AftLocal& set_band_bias(const AftWeights<T>& band) {
+    detail::AftTable<Acc> b(band);
+    detail::aft_check_weights(kName, "band", b);
+    if (b.cols % 2 == 0)
+      detail::fail(kName, "band has shape [", b.slots, ", ", b.rows, ", ", b.cols,
+                   "]: the last dimension must be 2s - 1 (odd) for a window s");
+    window = (b.cols + 1) / 2;
+    this->bias_ = std::make_shared<const Params>(window, std::move(b));
+    return *this;
+  }
+
+  void check_options(const Shape4& s, const Shape4&) const {
+    check_window();
+    if (!this->bias_) return;
+    const auto& b = this->bias_->table();
+    if (this->bias_->window() != window)
+      detail::fail(kName, "window = ", window, " but the bias was set for window = ", this->bias_->window(),
+                   ": set the bias again after changing window");
+    if (b.rows != s.N)
+      detail::fail(kName, "w (band [", b.slots, ", ", b.rows, ", ", b.cols, "]) is for N = ", b.rows,
+                   " but q has shape ", s, ": the bias must be N x N with N = ", s.N);
+    detail::aft_check_heads(kName, "w", b.slots, s.H);
+  }
+
+ private:
+  friend class detail::AftBias<AftLocal, T, Params>;
+  void check_window() const {
+    if (window < 1) detail::fail(kName, "window = ", window, ": must be >= 1");
+  }
+  // From the full N x N bias: keep its band.
+  std::shared_ptr<const Params> make_bias(detail::AftTable<Acc> w) const {
+    check_window();
+    detail::aft_check_weights(kName, "w", w);
+    if (w.rows != w.cols)
+      detail::fail(kName, "w has shape [", w.slots, ", ", w.rows, ", ", w.cols, "]: must be [1 or H, N, N]");
+    const Index n = w.rows, nb = 2 * window - 1;
+    detail::AftTable<Acc> band(w.slots, n, nb);
+    for (Index hs = 0; hs < w.slots; ++hs)
+      for (Index t = 0; t < n; ++t)
+        for (Index j = 0; j < nb; ++j) {
+          const Index tp = t - (window - 1) + j;
+          if (tp >= 0 && tp < n) band(hs, t, j) = w(hs, t, tp);
+        }
+    return std::make_shared<const Params>(window, std::move(band));
+  }
+};
+
+namespace detail {
+inline namespace SOFTFREE_ISA {
+
+/// One thread's AftLocal workspace, per (b, h) head. Row t: acc = e^{-r} * outside + sum over the
+/// window of e^{w - r} X[t'] (the band's weights; all 1 without a bias).
+template <class T>
+class AftLocalHead {
+  using Acc = accum_t<T>;
+  // Causal rows are processed in blocks shifted by the max of K over the keys the block sees.
+  static constexpr Index kBlock = 64;
+
+ public:
+  AftLocalHead(Index n, Index d, Index s)
+      : n_(n), d_(d), s_(s), ldx_(aft_ld<Acc>(d)), x_(static_cast<size_t>(n * ldx_)), outside_(x_.size()),
+        run_(static_cast<size_t>(ldx_)), acc_(run_.size()), m_(static_cast<size_t>(pad_to_packets<Acc>(d))),
+        m_new_(m_.size()), rows_(static_cast<size_t>(2 * s)), wts_(rows_.size(), Acc(1)) {}
+
+  void run(bool causal, const AftLocalBand<Acc>* band, Index h, const HeadSlices<T>& x) {
+    const Index n = n_, d = d_;
+    kk_ = load_k_(x.k, n, d).data();
+    vv_ = load_v_(x.v, n, d).data();
+    qq_ = load_q_(x.q, n, d).data();
+    band_ = band;
+    causal_ = causal;
+    if (band_) {
+      slot_ = band_->table().slot_for(h);
+      band_->weights(causal_, &ew_, &eo_);
+    }
+    y_ = out_.begin(x.out, n, d);
+    if (causal_)
+      causal_rows();
+    else
+      all_rows();
+    out_.commit();
+  }
+
+ private:
+  using Row = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
+  Row row(AlignedBuffer<Acc>& b, Index t) { return Row(b.data() + t * ldx_, ldx_); }
+
+  // outside[t] = sum_{t' <= t - s} X[t'] + sum_{t' >= t + s} X[t'].
+  void all_rows() {
+    const Index n = n_, s = s_;
+    aft_col_max(kk_, n, d_, m_.data());
+    aft_exp_rows(kk_, vv_, d_, m_.data(), 0, n, ldx_, x_.data());
+    Row run(run_.data(), ldx_);
+    run.setZero();
+    for (Index t = 0; t < n; ++t) {
+      if (t - s >= 0) run += row(x_, t - s);
+      row(outside_, t) = run;
+    }
+    run.setZero();
+    for (Index t = n - 1; t >= 0; --t) {
+      if (t + s < n) run += row(x_, t + s);
+      row(outside_, t) += run;
+    }
+    for (Index t = 0; t < n; ++t) one_row(t, outside_.data() + t * ldx_);
+  }
+
+  // run = sum_{t' <= t - s} X[t'] under the current block's shift m, rescaled when m grows.
+  void causal_rows() {
+    const Index n = n_, d = d_, s = s_;
+    Row run(run_.data(), ldx_);
+    run.setZero();
+    for (Index b0 = 0; b0 < n; b0 += kBlock) {
+      const Index b1 = std::min(n, b0 + kBlock);
+      aft_col_max(kk_ + b0 * d, b1 - b0, d, m_new_.data());
+      for_each_packet<Acc>(d, [&](auto p, Index c) {
+        using P = decltype(p);
+        P mn = ei::ploadu<P>(m_new_.data() + c);
+        if (b0 > 0) {  // rescale num and den alike to the new shift
+          const P m = ei::ploadu<P>(m_.data() + c);
+          mn = vmax(mn, m);
+          const P f = exp2_nonpositive(ei::pmul(ei::psub(m, mn), ei::pset1<P>(kLog2e<Acc>)));
+          ei::pstoreu(run_.data() + c, ei::pmul(ei::ploadu<P>(run_.data() + c), f));
+          ei::pstoreu(run_.data() + d + c, ei::pmul(ei::ploadu<P>(run_.data() + d + c), f));
+        }
+        ei::pstoreu(m_.data() + c, mn);
+      });
+      const Index lo = std::max<Index>(0, b0 - s);
+      aft_exp_rows(kk_, vv_, d, m_.data(), lo, b1, ldx_, x_.data() + lo * ldx_);
+      for (Index t = b0; t < b1; ++t) {
+        if (t - s >= 0) run += row(x_, t - s);
+        one_row(t, run_.data());
+      }
+    }
+  }
+
+  // Row t from its outside sum and window.
+  void one_row(Index t, const Acc* outside) {
+    const Index n = n_, s = s_, d = d_;
+    const Index lo = std::max<Index>(0, t - s + 1), hi = causal_ ? t : std::min(n - 1, t + s - 1), cnt = hi - lo + 1;
+    rows_[0] = outside;
+    for (Index i = 0; i < cnt; ++i) rows_[static_cast<size_t>(i + 1)] = x_.data() + (lo + i) * ldx_;
+    if (band_) {
+      wts_[0] = eo_[slot_ * n + t];
+      const Acc* e = ew_ + (slot_ * n + t) * (2 * s - 1) + (lo - t + s - 1);
+      std::copy(e, e + cnt, wts_.begin() + 1);
+    }
+    aft_weighted_sum(rows_.data(), wts_.data(), cnt + 1, ldx_, acc_.data());
+    aft_finish(qq_ + t * d, d, acc_.data(), ldx_, 1, y_ + t * d, [&](Index, Index c) {
+      return aft_exact_ratio(kk_, vv_, d, c, causal_ ? t : n - 1, [&](Index tp) {
+        const Index dist = tp > t ? tp - t : t - tp;
+        return band_ && dist < s ? band_->w(slot_, t, tp) : Acc(0);
+      });
+    });
+  }
+
+  Index n_, d_, s_, ldx_;
+  AlignedBuffer<Acc> x_, outside_, run_, acc_, m_, m_new_;
+  std::vector<const Acc*> rows_;
+  std::vector<Acc> wts_;
+  TileLoader<T> load_q_, load_k_, load_v_;
+  OutputTile<T> out_;
+  // The head in progress.
+  const Acc *kk_ = nullptr, *vv_ = nullptr, *qq_ = nullptr, *ew_ = nullptr, *eo_ = nullptr;
+  const AftLocalBand<Acc>* band_ = nullptr;
+  Index slot_ = 0;
+  bool causal_ = false;
+  Acc* y_ = nullptr;
+};
+
+template <class T>
+struct Kernel<AftLocal<T>> {
+  static NoReport forward(const AftLocal<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
+                          const View4<T>& out) {
+    const Shape4 s = shape_of(q);
+    const AftLocalBand<accum_t<T>>* band = f.bias_.get();
+    for_each_item(f.parallel, WorkGrid{s.B, s.H, s.N}, [&] {  // one item = one (b, h)
+      return [&, ws = AftLocalHead<T>(s.N, s.D, f.window)](const WorkGrid::Item& it) mutable {
+        ws.run(f.causal, band, it.h, head_slices(q, k, v, out, it.b, it.h));
+      };
+    });
+    return {};
+  }
+};
+
+}  // namespace SOFTFREE_ISA
+}  // namespace detail
+}  // namespace softfree

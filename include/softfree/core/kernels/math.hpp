@@ -1,0 +1,80 @@
+#pragma once
+// The elementwise functions of the kernels, one family for every method: the base-2
+// exponential of non-positive arguments (callers fold log2 e into a scale or shift they apply
+// anyway, one multiply-add), the reciprocal, and the scaled logistic sigmoid. Each runs on any
+// packet width and on scalars; the backend supplies the ISA-specific steps.
+#include "backend.hpp"
+
+namespace softfree {
+namespace detail {
+inline namespace SOFTFREE_ISA {
+
+/// log2(e), the factor callers fold into their exponents.
+template <class Acc>
+constexpr Acc kLog2e = Acc(1.4426950408889634);
+
+/// 2^t for t <= 0 (and a little above: rounding in a folded shift may leave t just over 0);
+/// exactly 0 below float's normal range (-126; -1022 for double), NaN kept. About 1 ulp on top of
+/// the rounding of t. Every exponential of the kernels is this one.
+template <class P>
+EIGEN_ALWAYS_INLINE P exp2_nonpositive(const P& t) {
+  return Backend::exp2_nonpositive(t);
+}
+
+/// Lane-wise maximum and minimum (Eigen's pmax and pmin, but warning-free on every compiler).
+template <class P>
+EIGEN_ALWAYS_INLINE P vmax(const P& a, const P& b) {
+  return Backend::max(a, b);
+}
+template <class P>
+EIGEN_ALWAYS_INLINE P vmin(const P& a, const P& b) {
+  return Backend::min(a, b);
+}
+
+/// The sum of a packet's lanes.
+template <class P>
+EIGEN_ALWAYS_INLINE scalar_of<P> vsum(const P& a) {
+  return Backend::sum(a);
+}
+
+/// True if any lane of a comparison result is set.
+template <class P>
+EIGEN_ALWAYS_INLINE bool vany(const P& mask) {
+  return Backend::any(mask);
+}
+
+/// sum_i x[i] y[i] over n values, in packets.
+template <class Acc>
+Acc dot(const Acc* x, const Acc* y, Index n) {
+  using P = Packet<Acc>;
+  P acc = ei::pset1<P>(Acc(0));
+  Acc tail = 0;
+  for_each_packet<Acc>(n, [&](auto p, Index i) {
+    if constexpr (lanes<decltype(p)>() == 1)
+      tail += x[i] * y[i];
+    else
+      acc = ei::pmadd(ei::ploadu<P>(x + i), ei::ploadu<P>(y + i), acc);
+  });
+  return vsum(acc) + tail;
+}
+
+/// 1 / a per lane (about 1 ulp).
+template <class P>
+EIGEN_ALWAYS_INLINE P reciprocal(const P& a) {
+  return Backend::reciprocal(a);
+}
+
+/// scale * sigma(q) per lane, with the exponent kept <= 0 so nothing overflows:
+/// sigma(q) = 1 / (1 + e^-q) for q >= 0 and e^q / (1 + e^q) below.
+template <class P>
+EIGEN_ALWAYS_INLINE P scaled_sigmoid(const P& q, const P& scale) {
+  using S = scalar_of<P>;
+  // e = e^-|q| = 2^(-|q| log2 e)
+  const P e = exp2_nonpositive(ei::pmul(ei::por(q, ei::pset1<P>(S(-0.0))), ei::pset1<P>(kLog2e<S>)));
+  const P r = ei::pmul(scale, reciprocal(ei::padd(ei::pset1<P>(S(1)), e)));
+  return Backend::mul_where_negative(q, r, e);
+}
+
+}  // namespace SOFTFREE_ISA
+}  // namespace detail
+}  // namespace softfree

@@ -1,0 +1,271 @@
+#pragma once
+// Newton-Raphson (Newton-Schulz) pseudo-inverse of a square matrix, V <- 2V - V P V: general
+// linear algebra, used by SOFT's Nystrom form (SPEC.md "SOFT") and public as newton_pinv.
+// Each step costs two m^3 products through the kernel layer's register-blocked gemm; the next
+// step's P V gives the residual I - P V for free. A symmetric P (SOFT's tied case) makes every
+// iterate symmetric, which halves one of the products.
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "../core/error.hpp"
+#include "../core/kernels/gemm.hpp"
+#include "../core/tensor.hpp"
+
+namespace softfree {
+
+/// How newton_pinv starts (SPEC.md "SOFT").
+enum class NewtonInit {
+  /// Current official code: P = A + lambda I, V0 = alpha P, alpha = 0.9 * 2 / (max_i sum_j |A_ij|)^2
+  /// (row sums of A, before lambda is added). Converges to (A + lambda I)^-1.
+  Current,
+  /// Paper-era code: P = A (lambda ignored), V0 = alpha A, alpha = 2 / (max row sum)^2, halved
+  /// (at most 10 times) while max_j sum_i |(I - A V0)_ij| > 1.01.
+  PaperEra,
+};
+
+/// Options of the Newton-Raphson (Newton-Schulz) iteration V <- 2V - V P V.
+struct NewtonOptions {
+  int steps = 20;         ///< iterations (>= 0); 6 do not converge on typical kernel matrices
+  double lambda = 0.01;   ///< regulariser added to the diagonal (Current init); >= 0, finite
+  NewtonInit init = NewtonInit::Current;
+  /// Early stop once ||I - P V||_F < tolerance (checked after every step); 0 = run every step.
+  double tolerance = 0;
+  /// With tolerance = 0, a result counts as converged when ||I - P V||_F < this.
+  static constexpr double kConvergedResidual = 1e-2;
+};
+
+/// Result of newton_pinv: the iterate and how far it got.
+template <class Acc>
+struct NewtonResult {
+  RowMatrix<Acc> inverse;  ///< the final iterate V ~ P^-1
+  int steps = 0;           ///< steps run (fewer than options.steps after an early stop)
+  double residual = 0;     ///< ||I - P V||_F of the returned V
+  bool converged = false;  ///< residual < tolerance (or < kConvergedResidual when tolerance = 0)
+};
+
+namespace detail {
+
+inline void check_newton_options(const char* where, const char* prefix, const NewtonOptions& o) {
+  if (o.steps < 0) fail(where, prefix, "steps = ", o.steps, ": must be >= 0");
+  if (!(std::isfinite(o.lambda) && o.lambda >= 0))
+    fail(where, prefix, "lambda = ", o.lambda, ": must be non-negative and finite");
+  if (!(std::isfinite(o.tolerance) && o.tolerance >= 0))
+    fail(where, prefix, "tolerance = ", o.tolerance, ": must be non-negative and finite (0 = no early stop)");
+}
+
+inline bool newton_converged(const NewtonOptions& o, double residual) {
+  return residual < (o.tolerance > 0 ? o.tolerance : NewtonOptions::kConvergedResidual);
+}
+
+struct NewtonStats {
+  int steps = 0;
+  double residual = 0;
+};
+
+inline namespace SOFTFREE_ISA {
+
+// Norms of m x m matrices as plain loops (m^2 work beside the m^3 products): Eigen's vectorised
+// reductions of double matrices warn under GCC 12.1-12.2 with AVX-512 (core/kernels/backend_avx512.hpp).
+
+/// max_i sum_j |a_ij| (by_rows) or max_j sum_i |a_ij| of a - c I.
+template <class Derived>
+double max_abs_line_sum(const Eigen::MatrixBase<Derived>& a, double c, bool by_rows) {
+  double worst = 0;
+  for (Index i = 0; i < a.rows(); ++i) {
+    double sum = 0;
+    for (Index j = 0; j < a.cols(); ++j)
+      sum += std::abs(static_cast<double>(by_rows ? a(i, j) : a(j, i)) - (i == j ? c : 0.0));
+    if (!(sum <= worst)) worst = sum;  // keeps a NaN
+  }
+  return worst;
+}
+
+/// ||t - I||_F.
+template <class Derived>
+double distance_to_identity(const Eigen::MatrixBase<Derived>& t) {
+  double sum = 0;
+  for (Index i = 0; i < t.rows(); ++i)
+    for (Index j = 0; j < t.cols(); ++j) {
+      const double e = static_cast<double>(t(i, j)) - (i == j ? 1.0 : 0.0);
+      sum += e * e;
+    }
+  return std::sqrt(sum);
+}
+
+/// Buffers of the iteration, sized once per m and reused across heads: m x m matrices with rows
+/// padded to whole packets. The padding columns stay zero, so products run over whole packets
+/// (the padding of P V and V T is zero again).
+template <class Acc>
+class NewtonWorkspace {
+ public:
+  using Map = Eigen::Map<RowMatrix<Acc>, 0, Eigen::OuterStride<>>;
+  enum class Form {
+    General,
+    /// x and y exactly symmetric (P V): the last m mod L columns of x y are the rows
+    /// y[mp:m, :] x, transposed; that spares padding those columns to a whole packet.
+    SymmetricFactors,
+    /// x y known to be symmetric (V T = V P V for symmetric V and P, whatever the rounding in T):
+    /// the blocks below the diagonal are mirrored instead of computed, and the result is exactly
+    /// symmetric (SymmetricFactors relies on V being so). (P V is not mirrored: V would drift
+    /// from commuting with P and the iteration lose its self-correction; the residual then grows
+    /// with m, up to divergence in float.)
+    SymmetricResult,
+  };
+
+  void resize(Index n) {
+    if (n == m) return;
+    m = n;
+    ld = pad_to_packets<Acc>(n);
+    for (AlignedBuffer<Acc>* b : {&p_, &v_, &t_, &u_}) {
+      Acc* x = reserve(*b, m * ld);
+      std::fill(x, x + m * ld, Acc(0));
+    }
+  }
+  Map p() { return map(p_); }
+  Map v() { return map(v_); }
+  Map t() { return map(t_); }
+  /// V with rows of ld() values (its zero padding included), for products against it.
+  const Acc* v_data() const { return v_.data(); }
+  Index stride() const { return ld; }
+
+  /// Runs the iteration on the square matrix a; the result is left in v().
+  template <class Derived>
+  NewtonStats run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions& o);
+
+ private:
+  Map map(AlignedBuffer<Acc>& b) { return Map(b.data(), m, m, Eigen::OuterStride<>(ld)); }
+  auto full(AlignedBuffer<Acc>& b) { return Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(b.data(), m * ld); }
+  void start(const NewtonOptions& o, double row_sum);
+  void mul(const AlignedBuffer<Acc>& x, const AlignedBuffer<Acc>& y, AlignedBuffer<Acc>& dst, Form form);
+  void mul_symmetric_result(const Acc* x, const Acc* y, Acc* c);
+
+  Index m = 0, ld = 0;
+  bool symmetric_ = false;  // P is exactly symmetric: then so is every V
+  AlignedBuffer<Acc> p_, v_, t_, u_, tail_;
+};
+
+/// dst = x y for three of the workspace's matrices.
+template <class Acc>
+void NewtonWorkspace<Acc>::mul(const AlignedBuffer<Acc>& x, const AlignedBuffer<Acc>& y, AlignedBuffer<Acc>& dst,
+                               Form form) {
+  constexpr Index L = kLanes<Acc>;
+  const Index mp = m / L * L;  // columns in whole packets
+  Acc* c = dst.data();
+  if (form == Form::General) {
+    gemm<GeneralTiling>(m, ld, m, StridedA<Acc>{x.data(), ld, 1}, RowsB<Acc>{y.data(), ld}, StoreC<Acc>{c, ld});
+  } else if (form == Form::SymmetricFactors) {
+    gemm<GeneralTiling>(m, mp, m, StridedA<Acc>{x.data(), ld, 1}, RowsB<Acc>{y.data(), ld}, StoreC<Acc>{c, ld});
+    if (mp < m) {
+      Acc* tail = reserve(tail_, L * ld);
+      gemm<GeneralTiling>(m - mp, ld, m, StridedA<Acc>{y.data() + mp * ld, ld, 1}, RowsB<Acc>{x.data(), ld},
+                          StoreC<Acc>{tail, ld});
+      for (Index r = 0; r < m; ++r)
+        for (Index j = mp; j < m; ++j) c[r * ld + j] = tail[(j - mp) * ld + r];
+    }
+  } else {
+    mul_symmetric_result(x.data(), y.data(), c);
+  }
+}
+
+// Row blocks of L below mp: columns from the block's diagonal packet up to mp (the upper
+// triangle in whole packets); the last m - mp rows at full width; the rest is mirrored.
+template <class Acc>
+void NewtonWorkspace<Acc>::mul_symmetric_result(const Acc* x, const Acc* y, Acc* c) {
+  constexpr Index L = kLanes<Acc>;
+  const Index mp = m / L * L;
+  for (Index r0 = 0; r0 < mp; r0 += L)
+    gemm<GeneralTiling>(L, mp - r0, m, StridedA<Acc>{x + r0 * ld, ld, 1}, RowsB<Acc>{y + r0, ld},
+                        StoreC<Acc>{c + r0 * ld + r0, ld});
+  if (mp < m)
+    gemm<GeneralTiling>(m - mp, ld, m, StridedA<Acc>{x + mp * ld, ld, 1}, RowsB<Acc>{y, ld},
+                        StoreC<Acc>{c + mp * ld, ld});
+  using Block = Eigen::Map<Eigen::Matrix<Acc, L, L, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+  for (Index r0 = L; r0 < mp; r0 += L)
+    for (Index c0 = 0; c0 < r0; c0 += L)
+      Block(c + r0 * ld + c0, L, L, Eigen::OuterStride<>(ld)) =
+          Block(c + c0 * ld + r0, L, L, Eigen::OuterStride<>(ld)).transpose();
+  for (Index r = 0; r < m; ++r)  // the last columns, and the lower half of the last rows' block
+    for (Index j = std::max(mp, r + 1); j < m; ++j) c[r * ld + j] = c[j * ld + r];
+}
+
+// V0 from P (already in p()) and the largest row sum of A.
+template <class Acc>
+void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
+  auto p = this->p(), v = this->v(), t = this->t();
+  if (o.init == NewtonInit::Current) {
+    p.diagonal().array() += static_cast<Acc>(o.lambda);
+    // A whose kernel values all underflowed is 0: then start from P's own row sum (lambda), so
+    // the iteration still converges to (lambda I)^-1 rather than dividing by zero.
+    const double rs = row_sum > 0 ? row_sum : o.lambda;
+    if (rs > 0)
+      v = static_cast<Acc>(0.9 * 2.0 / (rs * rs)) * p;
+    else
+      v.setZero();  // A = 0 and lambda = 0: pinv(0) = 0
+  } else if (row_sum > 0) {
+    double alpha = 2.0 / (row_sum * row_sum);
+    v = static_cast<Acc>(alpha) * p;
+    for (int halvings = 0; halvings < 10; ++halvings) {
+      mul(p_, v_, t_, Form::General);
+      if (!(max_abs_line_sum(t, 1.0, /*by_rows=*/false) > 1.01)) break;  // ||I - A V0||_1
+      alpha *= 0.5;
+      v = static_cast<Acc>(alpha) * p;
+    }
+  } else {
+    v.setZero();  // pinv(0) = 0
+  }
+}
+
+template <class Acc>
+template <class Derived>
+NewtonStats NewtonWorkspace<Acc>::run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions& o) {
+  resize(a.rows());
+  auto t = this->t();
+  p() = a;
+  symmetric_ = (a.array() == a.transpose().array()).all();
+  start(o, max_abs_line_sum(a, 0.0, /*by_rows=*/true));
+  NewtonStats st;
+  const Form pv = symmetric_ ? Form::SymmetricFactors : Form::General;
+  mul(p_, v_, t_, pv);
+  for (int s = 1; s <= o.steps; ++s) {
+    mul(v_, t_, u_, symmetric_ ? Form::SymmetricResult : Form::General);
+    full(v_) = Acc(2) * full(v_) - full(u_);  // padding: 2 * 0 - 0
+    mul(p_, v_, t_, pv);
+    st.steps = s;
+    if (o.tolerance > 0 && distance_to_identity(t) < o.tolerance) break;
+  }
+  st.residual = distance_to_identity(t);
+  return st;
+}
+
+}  // namespace SOFTFREE_ISA
+}  // namespace detail
+
+inline namespace SOFTFREE_ISA {
+
+/// Newton-Raphson (Newton-Schulz) pseudo-inverse of a square float or double matrix (SPEC.md
+/// "SOFT"): with the default options, 20 steps of V <- 2V - V P V from the official code's start,
+/// approximating (A + 0.01 I)^-1. The result carries the steps run and the residual
+/// ||I - P V||_F, so non-convergence is visible (converged = false), never silent.
+/// Throws softfree::invalid_argument for a non-square or empty matrix or a bad option.
+template <class Derived>
+NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Derived>& a,
+                                                   const NewtonOptions& options = {}) {
+  using Acc = typename Derived::Scalar;
+  static_assert(std::is_same<Acc, float>::value || std::is_same<Acc, double>::value,
+                "softfree::newton_pinv: the matrix must be float or double");
+  if (a.rows() != a.cols() || a.rows() == 0)
+    detail::fail("newton_pinv", "a is ", a.rows(), " x ", a.cols(), ": must be square and non-empty");
+  detail::check_newton_options("newton_pinv", "options.", options);
+  detail::NewtonWorkspace<Acc> ws;
+  const detail::NewtonStats st = ws.run(a.eval(), options);
+  NewtonResult<Acc> r;
+  r.inverse = ws.v();
+  r.steps = st.steps;
+  r.residual = st.residual;
+  r.converged = detail::newton_converged(options, st.residual);
+  return r;
+}
+
+}  // namespace SOFTFREE_ISA
+}  // namespace softfree

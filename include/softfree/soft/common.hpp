@@ -1,0 +1,59 @@
+#pragma once
+// What SOFT's two forms share: the Gaussian kernel k(x, y) = exp(-||x - y||^2 / (2 sqrt(D))) as
+// the epilogue of one product. The exponent is expanded and carried in base 2,
+//   -||x - y||^2 / (2 sqrt D) log2(e) = s x.y - s|x|^2/2 - s|y|^2/2,   s = log2(e) / sqrt(D),
+// so a tile of kernel values is one register-blocked product s x.y whose accumulators start at
+// the two norm terms and are weighed in registers as they are stored (GaussianWeightsC). Every
+// exponent is <= 0 in exact arithmetic; it is clamped at 0 from above, so rounding in the
+// expansion can never make a weight exceed 1. SoftGaussian, SoftNystrom's P and R, and its m x m
+// matrix A all come from this one epilogue.
+#include <cmath>
+
+#include "../core/kernels/gemm.hpp"
+#include "../core/kernels/math.hpp"
+
+namespace softfree {
+namespace detail {
+inline namespace SOFTFREE_ISA {
+
+/// s = log2(e) / sqrt(D): the scale of x.y in the base-2 exponent.
+template <class Acc>
+Acc gaussian_scale(Index d) {
+  return static_cast<Acc>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
+}
+
+/// out[r] = s |x_r|^2 / 2 for rows of d values at stride ldx: the norm terms of the exponent.
+template <class Acc>
+void gaussian_norms(const Acc* x, Index rows, Index d, Index ldx, Acc s, Acc* out) {
+  for (Index r = 0; r < rows; ++r) out[r] = dot(x + r * ldx, x + r * ldx, d) * (s / 2);
+}
+
+/// The kernel weight 2^t of an exponent t (<= 0 up to rounding): at most 1, exactly 0 where the
+/// exponential underflows.
+template <class P>
+EIGEN_ALWAYS_INLINE P gaussian_weight(const P& t) {
+  return exp2_nonpositive(vmin(t, ei::pset1<P>(scalar_of<P>(0))));
+}
+
+/// gemm epilogue: C(r, c) = gaussian_weight(A B (r, c) - row_norm[r] - col_norm[c]) with A B the
+/// scaled dot products (one operand carries s).
+template <class Acc>
+struct GaussianWeightsC {
+  using Scalar = Acc;
+  Acc* c;
+  Index ldc;
+  const Acc* row_norm;
+  const Acc* col_norm;
+  template <class P>
+  EIGEN_ALWAYS_INLINE P init(Index r, Index col) const {
+    return ei::pnegate(ei::padd(ei::ploadu<P>(col_norm + col), ei::pset1<P>(row_norm[r])));
+  }
+  template <class P>
+  EIGEN_ALWAYS_INLINE void store(Index r, Index col, const P& acc) const {
+    ei::pstoreu(c + r * ldc + col, gaussian_weight(acc));
+  }
+};
+
+}  // namespace SOFTFREE_ISA
+}  // namespace detail
+}  // namespace softfree
