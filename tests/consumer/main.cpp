@@ -1,5 +1,14 @@
 // Downstream smoke test: the umbrella header compiles warning-free under
 // -Wall -Wextra -Wpedantic -Werror and the public API names resolve.
+//
+// EIGEN_USE_THREADS must come from the softfree target (CMake) or softfree.pc's Cflags (pkg-config),
+// not from the consumer: Eigen's Tensor module, included here first, then already has the thread
+// pool device softfree needs.
+#ifndef EIGEN_USE_THREADS
+#error "EIGEN_USE_THREADS is not defined: softfree's usage requirements did not reach the consumer"
+#endif
+#include <unsupported/Eigen/CXX11/Tensor>
+
 #include <softfree/softfree.hpp>
 
 #include <cmath>

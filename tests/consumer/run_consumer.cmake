@@ -5,7 +5,11 @@
 #
 # Common: CONSUMER_SOURCE_DIR, CONSUMER_BINARY_DIR (wiped first), and optional
 # CONFIG, GENERATOR, GENERATOR_PLATFORM, GENERATOR_TOOLSET, MAKE_PROGRAM,
-# CXX_COMPILER, CXX_FLAGS, EXE_LINKER_FLAGS, EIGEN3_DIR taken from the outer build.
+# CXX_COMPILER, CXX_FLAGS, EXE_LINKER_FLAGS, EIGEN3_DIR taken from the outer build,
+# and LABEL (what the log lines say; default consumer/<MODE>).
+#
+# The build's output is kept in CONSUMER_BINARY_DIR/build.log; when the build fails, a count of
+# its compiler warnings by flag ([-Wmaybe-uninitialized] ...) and by location ends the output.
 cmake_minimum_required(VERSION 3.21)
 
 foreach(var MODE CONSUMER_SOURCE_DIR CONSUMER_BINARY_DIR)
@@ -13,14 +17,45 @@ foreach(var MODE CONSUMER_SOURCE_DIR CONSUMER_BINARY_DIR)
     message(FATAL_ERROR "run_consumer.cmake: ${var} is not set")
   endif()
 endforeach()
+if("${LABEL}" STREQUAL "")
+  set(LABEL "consumer/${MODE}")
+endif()
 
 function(run_step what)
   string(REPLACE ";" " " pretty "${ARGN}")
-  message(STATUS "[consumer/${MODE}] ${what}: ${pretty}")
+  message(STATUS "[${LABEL}] ${what}: ${pretty}")
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "[consumer/${MODE}] ${what} failed (${rc})")
+    message(FATAL_ERROR "[${LABEL}] ${what} failed (${rc})")
   endif()
+endfunction()
+
+# Counts the "warning: ... [-Wflag]" lines of a compiler log (under -Werror "error: ...
+# [-Werror=flag]"), by flag and by file:line.
+function(summarize_warnings log)
+  file(STRINGS "${log}" lines ENCODING UTF-8 REGEX "(warning|error): .*\\[-W[-a-zA-Z0-9_=+]+\\]$")
+  list(LENGTH lines total)
+  set(flags)
+  set(places)
+  foreach(line IN LISTS lines)
+    string(REGEX MATCH "\\[-W(error=)?([-a-zA-Z0-9_=+]+)\\]$" _ "${line}")
+    list(APPEND flags "-W${CMAKE_MATCH_2}")
+    string(REGEX MATCH "^([^ :]+):([0-9]+):[0-9]+: (warning|error)" _ "${line}")
+    get_filename_component(file "${CMAKE_MATCH_1}" NAME)
+    list(APPEND places "${file}:${CMAKE_MATCH_2}")
+  endforeach()
+  set(summary "${total} compiler warnings:")
+  foreach(kind flags places)
+    set(items ${${kind}})
+    list(REMOVE_DUPLICATES items)
+    foreach(item IN LISTS items)
+      set(all ${${kind}})
+      list(FILTER all INCLUDE REGEX "^${item}$")
+      list(LENGTH all n)
+      string(APPEND summary "\n  ${n}\t${item}")
+    endforeach()
+  endforeach()
+  message(STATUS "[${LABEL}] ${summary}")
 endfunction()
 
 file(REMOVE_RECURSE "${CONSUMER_BINARY_DIR}")
@@ -75,7 +110,17 @@ if(NOT "${CONFIG}" STREQUAL "")
 endif()
 
 run_step("configure" ${configure})
-run_step("build" "${CMAKE_COMMAND}" --build "${CONSUMER_BINARY_DIR}" ${build_config_args})
+
+set(build "${CMAKE_COMMAND}" --build "${CONSUMER_BINARY_DIR}" ${build_config_args})
+string(REPLACE ";" " " pretty "${build}")
+message(STATUS "[${LABEL}] build: ${pretty}")
+execute_process(COMMAND ${build} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+file(WRITE "${CONSUMER_BINARY_DIR}/build.log" "${out}")
+message("${out}")
+if(NOT rc EQUAL 0)
+  summarize_warnings("${CONSUMER_BINARY_DIR}/build.log")
+  message(FATAL_ERROR "[${LABEL}] build failed (${rc}); full output in ${CONSUMER_BINARY_DIR}/build.log")
+endif()
 
 # Eigen must reach the consumer as a system include directory (-isystem), never
 # as -I: otherwise a consumer's -Werror would trip on Eigen's own warnings.
@@ -92,10 +137,10 @@ if(EXISTS "${ccdb}" AND EXISTS "${eigen_dirs_file}")
     string(FIND "${ccdb_text}" "-I ${dir}" pos_i2)
     string(FIND "${ccdb_text}" "-isystem ${dir}" pos_sys)
     if(NOT pos_i EQUAL -1 OR NOT pos_i2 EQUAL -1)
-      message(FATAL_ERROR "[consumer/${MODE}] Eigen's include dir ${dir} is passed with -I, not -isystem")
+      message(FATAL_ERROR "[${LABEL}] Eigen's include dir ${dir} is passed with -I, not -isystem")
     endif()
     if(pos_sys EQUAL -1 AND ccdb_text MATCHES "-isystem")
-      message(FATAL_ERROR "[consumer/${MODE}] Eigen's include dir ${dir} is not passed with -isystem")
+      message(FATAL_ERROR "[${LABEL}] Eigen's include dir ${dir} is not passed with -isystem")
     endif()
   endforeach()
 endif()
@@ -106,9 +151,9 @@ execute_process(COMMAND "${CMAKE_CTEST_COMMAND}" -N ${config_args}
   WORKING_DIRECTORY "${CONSUMER_BINARY_DIR}"
   OUTPUT_VARIABLE listing RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0 OR NOT listing MATCHES "Total Tests: 1\n")
-  message(FATAL_ERROR "[consumer/${MODE}] expected exactly one test in the consumer, ctest -N says:\n${listing}")
+  message(FATAL_ERROR "[${LABEL}] expected exactly one test in the consumer, ctest -N says:\n${listing}")
 endif()
 
 run_step("run" "${CMAKE_CTEST_COMMAND}" --output-on-failure ${config_args}
   --test-dir "${CONSUMER_BINARY_DIR}")
-message(STATUS "[consumer/${MODE}] OK")
+message(STATUS "[${LABEL}] OK")
