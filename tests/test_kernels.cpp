@@ -51,7 +51,7 @@ void check_gemm(Index rows, Index cols, Index depth, const A& a, const B& b, con
   const auto c0 = small_integers<Acc>(rows * ldc + 1, 9);
   AlignedBuffer<Acc> c = c0;
   if (add)
-    sd::gemm<Tiling>(rows, cols, depth, a, b, sd::AddC<Acc>(c.data(), ldc));
+    sd::gemm<Tiling>(rows, cols, depth, a, b, sd::AddC<Acc>{c.data(), ldc});
   else
     sd::gemm<Tiling>(rows, cols, depth, a, b, sd::StoreC<Acc>{c.data(), ldc});
   for (Index r = 0; r < rows; ++r)

@@ -1,7 +1,8 @@
 #pragma once
 // make_attention<T>(name): builds any attention by name with default options, for programs that
-// choose the method at run time. Learned parameters (AFT biases, conv kernels) default to zeros
-// and are set through the concrete functor.
+// choose the method at run time. Learned parameters (the AFT biases) are unset there (w = 0) and
+// are set through the concrete functor (AnyAttention::target<F>() gives it). The registry is in
+// the ISA-tagged namespace, so each translation unit builds functors that run its own kernels.
 #include <string>
 #include <vector>
 

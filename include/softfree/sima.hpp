@@ -80,7 +80,7 @@ class SimAHead {
       const Acc* vt = load_v_(vp + r0 * d, rows, d).data();
       for (Index j = 0; j < rows; j += 64)  // 64 rows at a time, so the V rows it re-reads stay in L1
         gemm<Tile>(d, d, std::min<Index>(64, rows - j), StridedA<Acc>{kt + j * d, 1, d}, RowsB<Acc>{vt + j * d, d},
-                   AddC<Acc>(kv, d));
+                   AddC<Acc>{kv, d});
       add_abs_colsum(kt, rows, knorm_.data());
     }
     std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));

@@ -207,7 +207,7 @@ class AftFullRows {
       for (int pi = 0; pi < np; ++pi)
         gemm<Tiling<kNP, kMR>>(kMR, panels[pi].width, kg, PackedA<Acc, kMR>{a + g * chunk * kMR},
                                RowsB<Acc>{panels[pi].b, panels[pi].ldb},
-                               AddC<Acc>(acc + (g - g0) * kMR * ldx + panels[pi].col, ldx));
+                               AddC<Acc>{acc + (g - g0) * kMR * ldx + panels[pi].col, ldx});
     }
   }
 

@@ -192,10 +192,15 @@ class AftSimpleHead {
   template <class X>
   void sums_tile(const X* kt, const X* vt, Index rows, bool first) {
     constexpr Index L = kLanes<Acc>;
-    for (Index c = 0; c < ld_; c += 4 * L)
-      with_packets<4>((ld_ - c) / L, [&](auto np) {
-        sums_block<np()>(kt + c, vt + c, rows, first, m_.data() + c, num_.data() + c, den_.data() + c);
-      });
+    for (Index c = 0; c < ld_; c += 4 * L) {
+      Acc *m = m_.data() + c, *num = num_.data() + c, *den = den_.data() + c;
+      switch (std::min<Index>(4, (ld_ - c) / L)) {
+        case 4: sums_block<4>(kt + c, vt + c, rows, first, m, num, den); break;
+        case 3: sums_block<3>(kt + c, vt + c, rows, first, m, num, den); break;
+        case 2: sums_block<2>(kt + c, vt + c, rows, first, m, num, den); break;
+        default: sums_block<1>(kt + c, vt + c, rows, first, m, num, den);
+      }
+    }
   }
 
   // One tile for NP packets of channels: m = max(m, max_r k[r]); num, den rescaled to the new m,

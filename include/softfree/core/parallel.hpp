@@ -1,5 +1,6 @@
 #pragma once
-// Parallel execution over a fixed set of work items.
+// Parallel execution over a fixed set of work items: Parallel (how a functor runs) and
+// parallel_for. The items themselves come from the work scheduler (schedule.hpp).
 //
 // Every kernel splits its work into items whose boundaries depend only on the problem shape
 // (for example one (batch, head) pair, or one block of query rows of it), never on the thread

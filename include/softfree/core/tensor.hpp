@@ -4,7 +4,7 @@
 // A tensor is Eigen::Tensor<T, 4, Eigen::RowMajor> with dimensions [B, H, N, D]: the memory
 // layout of a contiguous PyTorch [B, H, N, D] tensor, so user buffers are wrapped with
 // Eigen::TensorMap and never copied. The (b, h) slice is then a contiguous row-major N x D
-// matrix, which the kernels map with Eigen::Map (no copy) and hand to Eigen's GEMM.
+// matrix, which the kernels read in place (no copy) through the kernel layer's gemm.
 #ifndef EIGEN_USE_THREADS
 #define EIGEN_USE_THREADS  // softfree accepts an Eigen::ThreadPoolDevice (the CMake target defines it too)
 #endif

@@ -10,6 +10,7 @@
 
 #include "../core/error.hpp"
 #include "../core/kernels/gemm.hpp"
+#include "../core/kernels/math.hpp"
 #include "../core/tensor.hpp"
 
 namespace softfree {
@@ -65,31 +66,43 @@ struct NewtonStats {
 
 inline namespace SOFTFREE_ISA {
 
-// Norms of m x m matrices as plain loops (m^2 work beside the m^3 products): Eigen's vectorised
-// reductions of double matrices warn under GCC 12.1-12.2 with AVX-512 (core/kernels/backend_avx512.hpp).
+// Norms of the m x m matrices (rows of stride ld), in packets along the rows: m^2 work beside
+// the m^3 products, but Eigen's own reductions of double matrices warn under GCC 12.1-12.2 with
+// AVX-512 (core/kernels/backend_avx512.hpp).
 
-/// max_i sum_j |a_ij| (by_rows) or max_j sum_i |a_ij| of a - c I.
-template <class Derived>
-double max_abs_line_sum(const Eigen::MatrixBase<Derived>& a, double c, bool by_rows) {
+/// max_i sum_j |a_ij|.
+template <class Acc>
+double max_abs_row_sum(const Acc* a, Index m, Index ld) {
   double worst = 0;
-  for (Index i = 0; i < a.rows(); ++i) {
-    double sum = 0;
-    for (Index j = 0; j < a.cols(); ++j)
-      sum += std::abs(static_cast<double>(by_rows ? a(i, j) : a(j, i)) - (i == j ? c : 0.0));
+  for (Index i = 0; i < m; ++i) {
+    const double sum = static_cast<double>(abs_sum(a + i * ld, m));
     if (!(sum <= worst)) worst = sum;  // keeps a NaN
   }
   return worst;
 }
 
-/// ||t - I||_F.
-template <class Derived>
-double distance_to_identity(const Eigen::MatrixBase<Derived>& t) {
+/// max_j sum_i |(I - t)_ij| (the paper-era start's column norm; a few times per call).
+template <class Acc>
+double max_abs_col_sum_of_identity_minus(const Acc* t, Index m, Index ld) {
+  double worst = 0;
+  for (Index j = 0; j < m; ++j) {
+    double sum = 0;
+    for (Index i = 0; i < m; ++i) sum += std::abs((i == j ? 1.0 : 0.0) - static_cast<double>(t[i * ld + j]));
+    if (!(sum <= worst)) worst = sum;
+  }
+  return worst;
+}
+
+/// ||t - I||_F: the off-diagonal parts of each row apart from its diagonal term (a row's whole
+/// square sum minus t_ii^2 would cancel to nothing near convergence).
+template <class Acc>
+double distance_to_identity(const Acc* t, Index m, Index ld) {
   double sum = 0;
-  for (Index i = 0; i < t.rows(); ++i)
-    for (Index j = 0; j < t.cols(); ++j) {
-      const double e = static_cast<double>(t(i, j)) - (i == j ? 1.0 : 0.0);
-      sum += e * e;
-    }
+  for (Index i = 0; i < m; ++i) {
+    const Acc* row = t + i * ld;
+    const double e = static_cast<double>(row[i]) - 1.0;
+    sum += static_cast<double>(dot(row, row, i)) + static_cast<double>(dot(row + i + 1, row + i + 1, m - i - 1)) + e * e;
+  }
   return std::sqrt(sum);
 }
 
@@ -192,7 +205,7 @@ void NewtonWorkspace<Acc>::mul_symmetric_result(const Acc* x, const Acc* y, Acc*
 // V0 from P (already in p()) and the largest row sum of A.
 template <class Acc>
 void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
-  auto p = this->p(), v = this->v(), t = this->t();
+  auto p = this->p(), v = this->v();
   if (o.init == NewtonInit::Current) {
     p.diagonal().array() += static_cast<Acc>(o.lambda);
     // A whose kernel values all underflowed is 0: then start from P's own row sum (lambda), so
@@ -207,7 +220,7 @@ void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
     v = static_cast<Acc>(alpha) * p;
     for (int halvings = 0; halvings < 10; ++halvings) {
       mul(p_, v_, t_, Form::General);
-      if (!(max_abs_line_sum(t, 1.0, /*by_rows=*/false) > 1.01)) break;  // ||I - A V0||_1
+      if (!(max_abs_col_sum_of_identity_minus(t_.data(), m, ld) > 1.01)) break;  // ||I - A V0||_1
       alpha *= 0.5;
       v = static_cast<Acc>(alpha) * p;
     }
@@ -220,10 +233,9 @@ template <class Acc>
 template <class Derived>
 NewtonStats NewtonWorkspace<Acc>::run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions& o) {
   resize(a.rows());
-  auto t = this->t();
   p() = a;
   symmetric_ = (a.array() == a.transpose().array()).all();
-  start(o, max_abs_line_sum(a, 0.0, /*by_rows=*/true));
+  start(o, max_abs_row_sum(p_.data(), m, ld));
   NewtonStats st;
   const Form pv = symmetric_ ? Form::SymmetricFactors : Form::General;
   mul(p_, v_, t_, pv);
@@ -232,9 +244,9 @@ NewtonStats NewtonWorkspace<Acc>::run(const Eigen::MatrixBase<Derived>& a, const
     full(v_) = Acc(2) * full(v_) - full(u_);  // padding: 2 * 0 - 0
     mul(p_, v_, t_, pv);
     st.steps = s;
-    if (o.tolerance > 0 && distance_to_identity(t) < o.tolerance) break;
+    if (o.tolerance > 0 && distance_to_identity(t_.data(), m, ld) < o.tolerance) break;
   }
-  st.residual = distance_to_identity(t);
+  st.residual = distance_to_identity(t_.data(), m, ld);
   return st;
 }
 

@@ -3,10 +3,10 @@
 // the epilogue of one product. The exponent is expanded and carried in base 2,
 //   -||x - y||^2 / (2 sqrt D) log2(e) = s x.y - s|x|^2/2 - s|y|^2/2,   s = log2(e) / sqrt(D),
 // so a tile of kernel values is one register-blocked product s x.y whose accumulators start at
-// the two norm terms and are weighed in registers as they are stored (GaussianWeightsC). Every
+// the two norm terms (GaussianExponentC), then one pass over the tile (gaussian_weights). Every
 // exponent is <= 0 in exact arithmetic; it is clamped at 0 from above, so rounding in the
 // expansion can never make a weight exceed 1. SoftGaussian, SoftNystrom's P and R, and its m x m
-// matrix A all come from this one epilogue.
+// matrix A all come from this one epilogue and pass.
 #include <cmath>
 
 #include "../core/kernels/gemm.hpp"
@@ -35,10 +35,12 @@ EIGEN_ALWAYS_INLINE P gaussian_weight(const P& t) {
   return exp2_nonpositive(vmin(t, ei::pset1<P>(scalar_of<P>(0))));
 }
 
-/// gemm epilogue: C(r, c) = gaussian_weight(A B (r, c) - row_norm[r] - col_norm[c]) with A B the
-/// scaled dot products (one operand carries s).
+/// gemm epilogue: C(r, c) = A B (r, c) - row_norm[r] - col_norm[c], the base-2 exponent, with A B
+/// the scaled dot products (one operand carries s); gaussian_weights then turns a stored tile into
+/// weights. (Applying exp2 in the product's own epilogue keeps its constants live across the
+/// 24-accumulator loop, and GCC then spills accumulators.)
 template <class Acc>
-struct GaussianWeightsC {
+struct GaussianExponentC {
   using Scalar = Acc;
   Acc* c;
   Index ldc;
@@ -50,9 +52,22 @@ struct GaussianWeightsC {
   }
   template <class P>
   EIGEN_ALWAYS_INLINE void store(Index r, Index col, const P& acc) const {
-    ei::pstoreu(c + r * ldc + col, gaussian_weight(acc));
+    ei::pstoreu(c + r * ldc + col, acc);
+  }
+  EIGEN_ALWAYS_INLINE GaussianExponentC at(Index r0, Index c0) const {
+    return {c + r0 * ldc + c0, ldc, row_norm + r0, col_norm + c0};
   }
 };
+
+/// Exponents to weights in place: rows x cols at c (leading dimension ldc).
+template <class Acc>
+void gaussian_weights(Acc* c, Index rows, Index cols, Index ldc) {
+  for (Index r = 0; r < rows; ++r)
+    for_each_packet<Acc>(cols, [&](auto p, Index j) {
+      using P = decltype(p);
+      ei::pstoreu(c + r * ldc + j, gaussian_weight(ei::ploadu<P>(c + r * ldc + j)));
+    });
+}
 
 }  // namespace SOFTFREE_ISA
 }  // namespace detail

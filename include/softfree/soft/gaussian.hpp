@@ -1,9 +1,9 @@
 #pragma once
 // SoftGaussian: exact SOFT attention, O(N^2 D) (SPEC.md "SOFT"):
 //   O[i] = sum_j exp(-||Q_i - K_j||^2 / (2 sqrt(D))) V_j,   no row normalisation.
-// A flash attention (core/kernels/flash.hpp) whose score epilogue is the Gaussian weight
-// (soft/common.hpp): each score tile is one product whose accumulators start at the norm terms
-// and leave as weights, so the weights go straight into OT += V^T W. Every exponent is <= 0, so
+// A flash attention (core/kernels/flash.hpp) whose score epilogue is the Gaussian exponent
+// (soft/common.hpp): each score tile is one product whose accumulators start at the norm terms,
+// one pass turns the tile into weights, and OT += V^T W takes them. Every exponent is <= 0, so
 // no running max is needed. Q may have another token count than K and V; the paper's tied case
 // is k == q.
 #include "../core/attention.hpp"
@@ -28,7 +28,7 @@ class SoftGaussian : public Attention<SoftGaussian<T>, T> {
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
-/// The flash Score of SoftGaussian: weights in the product's epilogue, nothing else to do.
+/// The flash Score of SoftGaussian: the exponents from the product's epilogue, then the weights.
 template <class Acc>
 class GaussianScore {
   static constexpr Index kBlockQ = FlashBlock<Acc>::kBlockQ, kBlockK = FlashBlock<Acc>::kBlockK;
@@ -42,11 +42,14 @@ class GaussianScore {
     std::fill(qn_.begin(), qn_.end(), Acc(0));  // padding queries
     gaussian_norms(q.data(), q.rows(), d_, d_, s_, qn_.data());
   }
-  GaussianWeightsC<Acc> tile_output(Acc* st, Index bq, const Acc* kt, Index nj) {
+  GaussianExponentC<Acc> tile_output(Acc* st, Index bq, const Acc* kt, Index nj) {
     gaussian_norms(kt, nj, d_, d_, s_, kn_.data());
     return {st, bq, kn_.data(), qn_.data()};
   }
-  Index weigh(Acc*, Index, Index nj, Index, Acc*, Index) { return nj; }
+  Index weigh(Acc* st, Index bq, Index nj, Index, Acc*, Index) {
+    gaussian_weights(st, nj, bq, bq);
+    return nj;
+  }
   Index hidden(Index) const { return 0; }
   Acc row_factor(Index) const { return Acc(1); }
 

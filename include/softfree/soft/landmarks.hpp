@@ -129,7 +129,8 @@ void pool_landmarks(const Landmarks& l, const T* src, Index n, Index d, Index he
 /// transpose, half norms) is prepared once into a caller-owned buffer of set_size(m, d) and then
 /// serves any number of tiles. Packets run along the landmarks in the product with the tile;
 /// when m is a few lanes past whole packets (49 = 3 x 16 + 1) those last landmarks take a
-/// dot-product each (gemm_dot) rather than padding the whole product to 64 lanes.
+/// dot product per token each (gemm_dot, then the weights with packets along the tokens) rather
+/// than padding the whole product to 64 lanes.
 template <class Acc>
 class LandmarkKernel {
   static constexpr Index L = kLanes<Acc>;
@@ -144,7 +145,8 @@ class LandmarkKernel {
 
   LandmarkKernel(Index m, Index d)
       : m_(m), d_(d), ld_(ld_for(m)), ml_(main_lanes(m)), s_(gaussian_scale<Acc>(d)),
-        xn_(static_cast<size_t>(pad_to_packets<Acc>(kTile)), Acc(0)), w_(static_cast<size_t>(kTile * ld_)) {}
+        xn_(static_cast<size_t>(pad_to_packets<Acc>(kTile)), Acc(0)), dots_(xn_.size()),
+        w_(static_cast<size_t>(kTile * ld_)) {}
 
   /// Leading dimension of the weight tiles.
   Index ld() const { return ld_; }
@@ -168,16 +170,25 @@ class LandmarkKernel {
     Acc *w = dst ? dst : w_.data(), *xn = xn_.data();
     gaussian_norms(x, rows, d_, d_, s_, xn);
     gemm<GeneralTiling>(rows, ml_, d_, StridedA<Acc>{x, d_, 1}, RowsB<Acc>{lt, ml_},
-                        GaussianWeightsC<Acc>{w, ld_, xn, ln});
-    if (ml_ < m_)  // the landmarks past the packet product
-      gemm_dot(rows, m_ - ml_, d_, x, d_, ls + ml_ * d_, d_, GaussianWeightsC<Acc>{w + ml_, ld_, xn, ln + ml_});
+                        GaussianExponentC<Acc>{w, ld_, xn, ln});
+    gaussian_weights(w, rows, ml_, ld_);
+    for (Index i = ml_; i < m_; ++i) {  // the landmarks past the packet product: packets along tokens
+      Acc* dots = dots_.data();
+      gemm_dot(rows, 1, d_, x, d_, ls + i * d_, d_, StoreC<Acc>{dots, 1});
+      for_each_packet<Acc>(rows, [&](auto p, Index j) {
+        using P = decltype(p);
+        const P t = ei::psub(ei::psub(ei::ploadu<P>(dots + j), ei::ploadu<P>(xn + j)), ei::pset1<P>(ln[i]));
+        ei::pstoreu(dots + j, gaussian_weight(t));
+      });
+      for (Index j = 0; j < rows; ++j) w[j * ld_ + i] = dots[j];
+    }
     return w;
   }
 
  private:
   Index m_, d_, ld_, ml_;
   Acc s_;
-  AlignedBuffer<Acc> xn_, w_;
+  AlignedBuffer<Acc> xn_, dots_, w_;
 };
 
 }  // namespace SOFTFREE_ISA

@@ -113,7 +113,7 @@ class NystromHead {
   /// R V += R^T's rows (weights of nj tokens against the landmarks, rows of kernel.ld()) times
   /// those tokens' values.
   void add_rv(const Acc* w, Index nj, const Acc* vt) {
-    gemm<GeneralTiling>(m_, d_, nj, StridedA<Acc>{w, 1, kernel.ld()}, RowsB<Acc>{vt, d_}, AddC<Acc>(rv.data(), d_));
+    gemm<GeneralTiling>(m_, d_, nj, StridedA<Acc>{w, 1, kernel.ld()}, RowsB<Acc>{vt, d_}, AddC<Acc>{rv.data(), d_});
   }
 
   /// A = k(Qt, Kt) from Kt's prepared set, its pseudo-inverse, SOFT-Norm, then y = pinv(A) (R V)

@@ -60,7 +60,7 @@ class FlashBlock {
       const Acc *kt = k + j0 * d, *vt = v + j0 * d;
       gemm<Tile>(nj, bq, d, StridedA<Acc>{kt, d, 1}, RowsB<Acc>{qt, bq}, score.tile_output(st, bq, kt, nj));
       const Index dense = score.weigh(st, bq, nj, j0, ot, d);
-      gemm<Tile>(d, bq, dense, StridedA<Acc>{vt, 1, d}, RowsB<Acc>{st, bq}, AddC<Acc>(ot, bq));
+      gemm<Tile>(d, bq, dense, StridedA<Acc>{vt, 1, d}, RowsB<Acc>{st, bq}, AddC<Acc>{ot, bq});
       // Keys past `dense` skip their hidden queries instead of weighting them by 0, so a NaN or
       // inf in a hidden value (say, an unused slot of a KV cache) never reaches an earlier row.
       for (Index j = dense; j < nj; ++j) {

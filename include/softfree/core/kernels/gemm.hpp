@@ -10,7 +10,8 @@
 //   strides), RowsB (B row-major) and TableB (each row of B anywhere: AFT's windows).
 // - The epilogue policy C says how a block of accumulators starts and ends: StoreC (C = A B),
 //   AddC (C += A B), or a method's own (SOFT starts from the Gaussian's norm terms and stores
-//   exp2 of the sums): init<P>(r, col) and store(r, col, acc) per packet.
+//   exp2 of the sums): init<P>(r, col) and store(r, col, acc) per packet, and at(r0, c0), the
+//   same policy moved to a block's corner.
 // - Tiling<NP, RJ, MaxRJ> sets the register block: RJ rows by NP packets of columns, the
 //   accumulators in registers across the whole depth; a remainder of whole packets takes one
 //   narrower block with up to MaxRJ rows, then half packets and scalars finish the columns (so
@@ -40,12 +41,17 @@ struct Tiling {
 /// FMA ports busy), 8 x 3, 12 x 2 and 12 x 1 for narrower remainders.
 using GeneralTiling = Tiling<4, 6, 12>;
 
+// Policies are small values passed by value, so their fields live in registers (a store through
+// C cannot alias them), and each block works on copies moved to its corner (rows_from, cols_from,
+// at), so addresses inside a block are a base plus compile-time offsets.
+
 /// A(r, t) = a[r * ar + t * at].
 template <class Acc>
 struct StridedA {
   const Acc* a;
   Index ar, at;
   EIGEN_ALWAYS_INLINE Acc operator()(Index r, Index t) const { return a[r * ar + t * at]; }
+  EIGEN_ALWAYS_INLINE StridedA rows_from(Index r0) const { return {a + r0 * ar, ar, at}; }
 };
 
 /// A packed as [depth][MR]: A(r, t) = a[t * MR + r].
@@ -53,6 +59,7 @@ template <class Acc, int MR>
 struct PackedA {
   const Acc* a;
   EIGEN_ALWAYS_INLINE Acc operator()(Index r, Index t) const { return a[t * MR + r]; }
+  EIGEN_ALWAYS_INLINE PackedA rows_from(Index r0) const { return {a + r0}; }
 };
 
 /// B row-major: row t at b + t * ldb.
@@ -61,6 +68,7 @@ struct RowsB {
   const Acc* b;
   Index ldb;
   EIGEN_ALWAYS_INLINE const Acc* row(Index t) const { return b + t * ldb; }
+  EIGEN_ALWAYS_INLINE RowsB cols_from(Index c0) const { return {b + c0, ldb}; }
 };
 
 /// B with row t at rows[t] + off.
@@ -69,6 +77,7 @@ struct TableB {
   const Acc* const* rows;
   Index off;
   EIGEN_ALWAYS_INLINE const Acc* row(Index t) const { return rows[t] + off; }
+  EIGEN_ALWAYS_INLINE TableB cols_from(Index c0) const { return {rows, off + c0}; }
 };
 
 /// C = A B, row-major with leading dimension ldc.
@@ -85,43 +94,52 @@ struct StoreC {
   EIGEN_ALWAYS_INLINE void store(Index r, Index col, const P& acc) const {
     ei::pstoreu(c + r * ldc + col, acc);
   }
+  EIGEN_ALWAYS_INLINE StoreC at(Index r0, Index c0) const { return {c + r0 * ldc + c0, ldc}; }
 };
 
 /// C += A B.
 template <class Acc>
-struct AddC : StoreC<Acc> {
-  AddC(Acc* c_, Index ldc_) : StoreC<Acc>{c_, ldc_} {}
+struct AddC {
+  using Scalar = Acc;
+  Acc* c;
+  Index ldc;
   template <class P>
   EIGEN_ALWAYS_INLINE P init(Index r, Index col) const {
-    return ei::ploadu<P>(this->c + r * this->ldc + col);
+    return ei::ploadu<P>(c + r * ldc + col);
   }
+  template <class P>
+  EIGEN_ALWAYS_INLINE void store(Index r, Index col, const P& acc) const {
+    ei::pstoreu(c + r * ldc + col, acc);
+  }
+  EIGEN_ALWAYS_INLINE AddC at(Index r0, Index c0) const { return {c + r0 * ldc + c0, ldc}; }
 };
 
-/// The register block: RJ rows from r0 by NP packets of P from column c0.
+/// The register block: RJ rows by NP packets of P, with a, b and c moved to its corner.
 template <int RJ, int NP, class P, class A, class B, class C>
-EIGEN_ALWAYS_INLINE void gemm_block(Index r0, Index c0, Index depth, const A& a, const B& b, const C& c) {
+EIGEN_ALWAYS_INLINE void gemm_block(Index depth, const A a, const B b, const C c) {
   constexpr Index L = lanes<P>();
   P acc[RJ][NP];
   for (int r = 0; r < RJ; ++r)
-    for (int p = 0; p < NP; ++p) acc[r][p] = c.template init<P>(r0 + r, c0 + p * L);
+    for (int p = 0; p < NP; ++p) acc[r][p] = c.template init<P>(r, p * L);
   for (Index t = 0; t < depth; ++t) {
-    const auto* bt = b.row(t) + c0;
+    const auto* bt = b.row(t);
     P x[NP];
     for (int p = 0; p < NP; ++p) x[p] = ei::ploadu<P>(bt + p * L);
     for (int r = 0; r < RJ; ++r) {
-      const P ab = ei::pset1<P>(a(r0 + r, t));
+      const P ab = ei::pset1<P>(a(r, t));
       for (int p = 0; p < NP; ++p) acc[r][p] = ei::pmadd(ab, x[p], acc[r][p]);
     }
   }
   for (int r = 0; r < RJ; ++r)
-    for (int p = 0; p < NP; ++p) c.store(r0 + r, c0 + p * L, acc[r][p]);
+    for (int p = 0; p < NP; ++p) c.store(r, p * L, acc[r][p]);
 }
 
 /// Rows [r0, r1) in blocks of RJ, the rest in blocks of RJ / 2, ... 1.
 template <int RJ, int NP, class P, class A, class B, class C>
-void gemm_rows(Index r0, Index r1, Index c0, Index depth, const A& a, const B& b, const C& c) {
+void gemm_rows(Index r0, Index r1, Index c0, Index depth, const A a, const B b, const C c) {
+  const B bc = b.cols_from(c0);
   Index r = r0;
-  for (; r + RJ <= r1; r += RJ) gemm_block<RJ, NP, P>(r, c0, depth, a, b, c);
+  for (; r + RJ <= r1; r += RJ) gemm_block<RJ, NP, P>(depth, a.rows_from(r), bc, c.at(r, c0));
   if constexpr (RJ > 1)
     if (r < r1) gemm_rows<RJ / 2, NP, P>(r, r1, c0, depth, a, b, c);
 }
@@ -129,7 +147,7 @@ void gemm_rows(Index r0, Index r1, Index c0, Index depth, const A& a, const B& b
 /// One block of the whole packets left at column c0 (fewer than the tiling's NP); returns the
 /// first column after it.
 template <class Tiling, int N, class P, class A, class B, class C>
-Index gemm_packets(Index rows, Index c0, Index cols, Index depth, const A& a, const B& b, const C& c) {
+Index gemm_packets(Index rows, Index c0, Index cols, Index depth, const A a, const B b, const C c) {
   if constexpr (N == 0) {
     return c0;
   } else {
@@ -142,7 +160,7 @@ Index gemm_packets(Index rows, Index c0, Index cols, Index depth, const A& a, co
 
 /// The columns from c0 past the last whole packet of P: half packets, then scalars.
 template <class Tiling, class P, class A, class B, class C>
-void gemm_tail(Index rows, Index c0, Index cols, Index depth, const A& a, const B& b, const C& c) {
+void gemm_tail(Index rows, Index c0, Index cols, Index depth, const A a, const B b, const C c) {
   using Acc = typename C::Scalar;
   using Half = typename ei::unpacket_traits<P>::half;
   if constexpr (lanes<P>() == 1) {
@@ -158,7 +176,7 @@ void gemm_tail(Index rows, Index c0, Index cols, Index depth, const A& a, const 
 
 /// C (rows x cols) = A (rows x depth) B (depth x cols), through the policies above.
 template <class Tiling, class A, class B, class C>
-void gemm(Index rows, Index cols, Index depth, const A& a, const B& b, const C& c) {
+void gemm(Index rows, Index cols, Index depth, const A a, const B b, const C c) {
   using Acc = typename C::Scalar;
   using P = Packet<Acc>;
   constexpr int NP = Tiling::kPackets;
@@ -175,7 +193,7 @@ void gemm(Index rows, Index cols, Index depth, const A& a, const B& b, const C& 
 /// For the few products of that shape (SOFT's landmarks past the packet width, SimA's
 /// short-sequence order).
 template <class Acc, class C>
-void gemm_dot(Index rows, Index cols, Index depth, const Acc* a, Index lda, const Acc* b, Index ldb, const C& c) {
+void gemm_dot(Index rows, Index cols, Index depth, const Acc* a, Index lda, const Acc* b, Index ldb, const C c) {
   using P = Packet<Acc>;
   constexpr Index L = kLanes<Acc>;
   constexpr int RJ = 4;

@@ -3,6 +3,8 @@
 // exponential of non-positive arguments (callers fold log2 e into a scale or shift they apply
 // anyway, one multiply-add), the reciprocal, and the scaled logistic sigmoid. Each runs on any
 // packet width and on scalars; the backend supplies the ISA-specific steps.
+#include <cmath>
+
 #include "backend.hpp"
 
 namespace softfree {
@@ -43,17 +45,37 @@ EIGEN_ALWAYS_INLINE bool vany(const P& mask) {
   return Backend::any(mask);
 }
 
-/// sum_i x[i] y[i] over n values, in packets.
+/// sum_i x[i] y[i] over n values, in packets: four independent accumulators (a row of 64 floats
+/// is one multiply-add deep per accumulator, not four), then the tail.
 template <class Acc>
 Acc dot(const Acc* x, const Acc* y, Index n) {
+  using P = Packet<Acc>;
+  constexpr Index L = kLanes<Acc>;
+  P acc[4] = {ei::pset1<P>(Acc(0)), ei::pset1<P>(Acc(0)), ei::pset1<P>(Acc(0)), ei::pset1<P>(Acc(0))};
+  Index i = 0;
+  for (; i + 4 * L <= n; i += 4 * L)
+    for (int k = 0; k < 4; ++k) acc[k] = ei::pmadd(ei::ploadu<P>(x + i + k * L), ei::ploadu<P>(y + i + k * L), acc[k]);
+  Acc tail = 0;
+  for_each_packet<Acc>(n - i, [&](auto p, Index j) {
+    if constexpr (lanes<decltype(p)>() == 1)
+      tail += x[i + j] * y[i + j];
+    else
+      acc[0] = ei::pmadd(ei::ploadu<P>(x + i + j), ei::ploadu<P>(y + i + j), acc[0]);
+  });
+  return vsum(ei::padd(ei::padd(acc[0], acc[1]), ei::padd(acc[2], acc[3]))) + tail;
+}
+
+/// sum_i |x[i]| over n values, in packets.
+template <class Acc>
+Acc abs_sum(const Acc* x, Index n) {
   using P = Packet<Acc>;
   P acc = ei::pset1<P>(Acc(0));
   Acc tail = 0;
   for_each_packet<Acc>(n, [&](auto p, Index i) {
     if constexpr (lanes<decltype(p)>() == 1)
-      tail += x[i] * y[i];
+      tail += std::abs(x[i]);
     else
-      acc = ei::pmadd(ei::ploadu<P>(x + i), ei::ploadu<P>(y + i), acc);
+      acc = ei::padd(acc, ei::pabs(ei::ploadu<P>(x + i)));
   });
   return vsum(acc) + tail;
 }
