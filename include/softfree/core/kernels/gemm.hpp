@@ -18,7 +18,9 @@
 //   no caller pads C or the depth); leftover rows take blocks of RJ / 2, RJ / 4, ... 1.
 //
 // Loop order: column blocks outer, row blocks inner, so a block of B (depth x NP packets) is
-// reused by every row block from L1. gemm_dot is the one other shape, for products whose two
+// reused by every row block from L1. The driver is inlined into each call site: many calls are a
+// single 6 x 4 block (AftFull's row groups) or one row (AFT's windows), where a call per block
+// would cost a few percent. gemm_dot is the one other shape, for products whose two
 // operands both run along the depth.
 #include <algorithm>
 #include <type_traits>
@@ -136,7 +138,7 @@ EIGEN_ALWAYS_INLINE void gemm_block(Index depth, const A a, const B b, const C c
 
 /// Rows [r0, r1) in blocks of RJ, the rest in blocks of RJ / 2, ... 1.
 template <int RJ, int NP, class P, class A, class B, class C>
-void gemm_rows(Index r0, Index r1, Index c0, Index depth, const A a, const B b, const C c) {
+EIGEN_ALWAYS_INLINE void gemm_rows(Index r0, Index r1, Index c0, Index depth, const A a, const B b, const C c) {
   const B bc = b.cols_from(c0);
   Index r = r0;
   for (; r + RJ <= r1; r += RJ) gemm_block<RJ, NP, P>(depth, a.rows_from(r), bc, c.at(r, c0));
@@ -147,7 +149,7 @@ void gemm_rows(Index r0, Index r1, Index c0, Index depth, const A a, const B b, 
 /// One block of the whole packets left at column c0 (fewer than the tiling's NP); returns the
 /// first column after it.
 template <class Tiling, int N, class P, class A, class B, class C>
-Index gemm_packets(Index rows, Index c0, Index cols, Index depth, const A a, const B b, const C c) {
+EIGEN_ALWAYS_INLINE Index gemm_packets(Index rows, Index c0, Index cols, Index depth, const A a, const B b, const C c) {
   if constexpr (N == 0) {
     return c0;
   } else {
@@ -160,7 +162,7 @@ Index gemm_packets(Index rows, Index c0, Index cols, Index depth, const A a, con
 
 /// The columns from c0 past the last whole packet of P: half packets, then scalars.
 template <class Tiling, class P, class A, class B, class C>
-void gemm_tail(Index rows, Index c0, Index cols, Index depth, const A a, const B b, const C c) {
+EIGEN_ALWAYS_INLINE void gemm_tail(Index rows, Index c0, Index cols, Index depth, const A a, const B b, const C c) {
   using Acc = typename C::Scalar;
   using Half = typename ei::unpacket_traits<P>::half;
   if constexpr (lanes<P>() == 1) {
@@ -176,7 +178,7 @@ void gemm_tail(Index rows, Index c0, Index cols, Index depth, const A a, const B
 
 /// C (rows x cols) = A (rows x depth) B (depth x cols), through the policies above.
 template <class Tiling, class A, class B, class C>
-void gemm(Index rows, Index cols, Index depth, const A a, const B b, const C c) {
+EIGEN_ALWAYS_INLINE void gemm(Index rows, Index cols, Index depth, const A a, const B b, const C c) {
   using Acc = typename C::Scalar;
   using P = Packet<Acc>;
   constexpr int NP = Tiling::kPackets;
