@@ -1,7 +1,8 @@
 #pragma once
 // The benchmark harness: every method registers itself once, in its own bench_<method>.cpp,
 // with SOFTFREE_BENCH_METHOD; main.cpp turns each registration into one Google Benchmark family
-// per storage type and thread count, over the suite's shapes.
+// per storage type and thread count, over the suite's shapes. Peer rows (other libraries at the
+// same shapes, bench/peers/, built when CMake finds the library) register their own families.
 //
 // Names: <method>/<dtype>/threads:<t>/N:<n> (bench/report.py parses them). Times are of the
 // write-into-`out` call form with every buffer allocated once; a method that asks for it also
@@ -54,6 +55,16 @@ std::vector<Registration>& registrations();
 const softfree::Parallel& parallel_for_threads(int threads);
 double peak_gflops_per_core();
 
+/// The suite's counters (GFLOPS, peak_pct, tokens_per_s) and complexity N, for a row timed on s.
+inline void set_counters(benchmark::State& state, const Shape& s, double flops, int threads) {
+  using benchmark::Counter;
+  state.counters["GFLOPS"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
+  state.counters["peak_pct"] =
+      Counter(100.0 * flops * 1e-9 / (peak_gflops_per_core() * threads), Counter::kIsIterationInvariantRate);
+  state.counters["tokens_per_s"] = Counter(static_cast<double>(s.B * s.N), Counter::kIsIterationInvariantRate);
+  state.SetComplexityN(s.N);
+}
+
 /// Times f on random inputs of shape s; counters: GFLOPS, peak_pct, tokens_per_s.
 template <class T, class F>
 void run_case(benchmark::State& state, const F& f, const Shape& s, double flops, int threads, bool alloc,
@@ -75,12 +86,7 @@ void run_case(benchmark::State& state, const F& f, const Shape& s, double flops,
     }
     benchmark::ClobberMemory();
   }
-  using benchmark::Counter;
-  state.counters["GFLOPS"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
-  state.counters["peak_pct"] =
-      Counter(100.0 * flops * 1e-9 / (peak_gflops_per_core() * threads), Counter::kIsIterationInvariantRate);
-  state.counters["tokens_per_s"] = Counter(static_cast<double>(s.B * s.N), Counter::kIsIterationInvariantRate);
-  state.SetComplexityN(s.N);
+  set_counters(state, s, flops, threads);
 }
 
 template <class T, class Maker>

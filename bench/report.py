@@ -8,9 +8,14 @@ Benchmark names must look like <method>/<dtype>/threads:<t>/N:<n>; other rows ar
 Each benchmark is represented by its best (minimum real_time) repetition.
 Standard library only.
 
-The markdown report has: a speed-up-vs-softmax summary (for --dtype/--threads), a summary of
-half and bfloat16 time relative to float (1 thread), one results table per dtype (the half
-and bfloat16 tables add a 'time vs float' column) and, if fitted, a complexity table.
+The markdown report has: a speed-up-vs-softmax summary (for --dtype/--threads), a
+softfree-vs-peer summary per peer library present (1 thread), a summary of half and bfloat16
+time relative to float (1 thread), one results table per dtype (the half and bfloat16 tables
+add a 'time vs float' column) and, if fitted, a complexity table.
+
+Peer rows (other libraries timed at the same shapes, e.g. onednn-softmax) appear in the results
+tables, the plot and the complexity table like any method, but never as softfree methods in the
+speed-up-vs-softmax summary.
 """
 import argparse
 import html
@@ -20,6 +25,7 @@ import sys
 from collections import defaultdict
 
 BASELINE = "softmax"
+PEERS = {"onednn-softmax": "oneDNN"}  # peer method -> the library's name in headings
 DTYPES = ("float", "half", "bfloat16")
 SCHEME = "<method>/<dtype>/threads:<t>/N:<n>"
 UNIT_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -123,10 +129,16 @@ def fmt_opt(x, suffix=""):
     return "—" if x is None else sig3(x) + suffix
 
 
+def is_peer(m):
+    """Whether a method is another library's (a peer row), not softfree's."""
+    return m.split("+")[0] in PEERS
+
+
 def method_key(m):
-    """Sort key: softmax (and its +alloc variant) first, variants after their base method."""
+    """Sort key: softmax (and its +alloc variant) first, then the peers, then the rest;
+    variants after their base method."""
     base = m.split("+")[0]
-    return base != BASELINE, base, m
+    return (0 if base == BASELINE else 1 if is_peer(m) else 2), base, m
 
 
 def md_table(header, align, body):
@@ -226,12 +238,26 @@ def selection_label(dtype, threads, threads_best):
 
 
 def summary_table(ser):
-    """Rows = methods, columns = N, cells = speed-up vs softmax."""
+    """Rows = softfree methods (not the baseline, not peers), columns = N, cells = speed-up vs softmax."""
     ns = sorted({n for s in ser.values() for n in s})
     base = ser.get(BASELINE, {})
     body = [[m] + [fmt_opt(base[n] / s[n] if n in base and n in s else None, "x") for n in ns]
-            for m, s in ser.items() if m != BASELINE]
+            for m, s in ser.items() if m != BASELINE and not is_peer(m)]
     return md_table(["method"] + [f"N={n}" for n in ns], "l" + "r" * len(ns), body)
+
+
+def peer_table(rows, peer, threads=1):
+    """Rows = softfree methods, columns = (dtype, N) where the peer ran, cells = peer time ÷ method
+    time (the speed-up of softfree's method over the peer); None if the peer has no rows."""
+    ref = {d: series(rows, d, threads).get(peer, {}) for d in DTYPES}
+    cols = [(d, n) for d in DTYPES for n in sorted(ref[d])]
+    if not cols:
+        return None
+    sers = {d: series(rows, d, threads) for d in DTYPES}
+    methods = sorted({m for ser in sers.values() for m in ser if not is_peer(m)}, key=method_key)
+    cell = lambda m, d, n: fmt_opt(ref[d][n] / sers[d][m][n] if n in sers[d].get(m, {}) else None, "x")
+    body = [[m] + [cell(m, d, n) for d, n in cols] for m in methods]
+    return md_table(["method"] + [f"{d} N={n}" for d, n in cols], "l" + "r" * len(cols), body)
 
 
 def precision_table(rows, threads=1):
@@ -259,7 +285,19 @@ def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False):
                 + (", CPU frequency scaling enabled" if ctx.get("cpu_scaling_enabled") else "")
                 + "._", ""]
     label = selection_label(dtype, threads, threads_best)
-    out += [f"## Speed-up vs softmax ({label})", "", summary_table(series(rows, dtype, threads, threads_best)), ""]
+    ser = series(rows, dtype, threads, threads_best)
+    out += [f"## Speed-up vs softmax ({label})", "", summary_table(ser), ""]
+    peers = sorted(m for m in ser if is_peer(m))
+    if peers:
+        libs = sorted({PEERS[m.split("+")[0]] for m in peers})
+        out += [f"_Not listed: {', '.join(peers)} (peer rows, another library's; "
+                f"see softfree vs {' / '.join(libs)} below)._", ""]
+    for peer, lib in PEERS.items():
+        table = peer_table(rows, peer)
+        if table:
+            out += [f"## softfree vs {lib} (1 thread)", "", table, "",
+                    f"_Cell = {peer} time ÷ method time at the same dtype and N: above 1.00x softfree's "
+                    f"method is faster than {lib}'s softmax attention._", ""]
     prec = precision_table(rows)
     if prec:
         out += ["## Half and bfloat16 time relative to float (1 thread)", "", prec, "",
@@ -340,7 +378,8 @@ def svg_plot(ser, title):
     for i, (m, s) in enumerate(ser.items()):
         c = PALETTE[i % len(PALETTE)]
         xy = [(X(n), Y(t * 1e3)) for n, t in sorted(s.items()) if n > 0 and t > 0]
-        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="{2.2 if m == BASELINE else 1.6}" points="'
+        dash = ' stroke-dasharray="6 3"' if is_peer(m) else ""  # peers dashed
+        out.append(f'<polyline fill="none" stroke="{c}"{dash} stroke-width="{2.2 if m == BASELINE else 1.6}" points="'
                    + " ".join(f"{x:.1f},{y:.1f}" for x, y in xy) + '"/>')
         out += [marker(i, x, y, c) for x, y in xy]
         ly = T + 10 + 20 * i

@@ -184,6 +184,51 @@ class ReportTest(unittest.TestCase):
         # float-only input: no precision section
         self.assertIsNone(report.precision_table({k: v for k, v in rows.items() if k[1] == "float"}))
 
+    def test_peer_rows(self):
+        """oneDNN peer rows: their own summary table, ordered beside softmax, never the baseline."""
+        secs = {("softmax", "float", 1, 197): 1e-3, ("softmax", "float", 1, 1024): 8e-3,
+                ("softmax", "bfloat16", 1, 197): 2e-3, ("softmax", "bfloat16", 1, 1024): 4e-3,
+                ("softmax+alloc", "float", 1, 197): 1.1e-3, ("sima", "float", 1, 197): 5e-4,
+                ("sima", "float", 1, 1024): 1e-3, ("onednn-softmax", "float", 1, 197): 2e-3,
+                ("onednn-softmax", "float", 1, 1024): 4e-3, ("onednn-softmax", "bfloat16", 1, 197): 1e-3,
+                ("onednn-softmax", "bfloat16", 1, 1024): 8e-3, ("onednn-softmax", "float", 2, 1024): 1e-4}
+        doc = {"context": {}, "benchmarks": [row(f"{m}/{d}/threads:{t}/N:{n}/real_time", s)
+                                             for (m, d, t, n), s in secs.items()]}
+        path = os.path.join(self.tmp.name, "peers.json")
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        md, svg = os.path.join(self.tmp.name, "peers.md"), os.path.join(self.tmp.name, "peers.svg")
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(report.main([path, "--markdown", md, "--plot", svg]), 0)
+        with open(md, encoding="utf-8") as f, open(svg, encoding="utf-8") as g:
+            md, svg = f.read(), g.read()
+        head = "## softfree vs oneDNN (1 thread)"
+        self.assertLess(md.index("## Speed-up vs softmax (float, 1 thread)"), md.index(head))
+        self.assertLess(md.index(head), md.index("## Half and bfloat16 time relative to float"))
+        table = md.split(head)[1].split("\n## ")[0]
+        self.assertIn("| method | float N=197 | float N=1024 | bfloat16 N=197 | bfloat16 N=1024 |", table)
+        self.assertIn("| softmax | 2.00x | 0.500x | 0.500x | 2.00x |", table)  # oneDNN time / softfree time
+        self.assertIn("| softmax+alloc | 1.82x | — | — | — |", table)
+        self.assertIn("| sima | 4.00x | 4.00x | — | — |", table)  # threads:2 peer row not used
+        self.assertNotIn("| onednn-softmax |", table)
+        self.assertIn("above 1.00x softfree's method is faster", table)
+        speedups = md.split("## Speed-up vs softmax")[1].split("\n## ")[0]
+        self.assertIn("| sima | 2.00x | 8.00x |", speedups)  # softmax stays the baseline
+        self.assertNotIn("| onednn-softmax |", speedups)
+        self.assertIn("_Not listed: onednn-softmax (peer rows, another library's; see softfree vs oneDNN below)._",
+                      speedups)
+        results = md.split("## Results: float")[1].split("## Results: bfloat16")[0]
+        firsts = [ln.split("|")[1].strip() for ln in results.splitlines() if ln.startswith("| ") and "method" not in ln]
+        self.assertEqual(firsts, ["softmax"] * 2 + ["softmax+alloc"] + ["onednn-softmax"] * 3 + ["sima"] * 2)
+        self.assertIn("| onednn-softmax | 1 | 1024 | 4.00 ms | 10.0 | 20.0% | 1.00M | 2.00x |", results)
+        self.assertIn("| onednn-softmax | 2 | 1024 | 100 us | 10.0 | 20.0% | 1.00M | — | 40.0x |", results)
+        self.assertIn('stroke-dasharray="6 3"', svg)  # the peer's line, dashed
+        self.assertEqual(svg.count("stroke-dasharray"), 1)
+        # no peer rows: no peer section
+        _, _, plain, _ = self.run_main()
+        self.assertNotIn("softfree vs oneDNN", plain)
+        self.assertNotIn("Not listed", plain)
+
     def test_threads_best_and_dtype(self):
         _, _, md, svg = self.run_main("--threads-best")
         self.assertIn("(float, fastest thread count)", md)

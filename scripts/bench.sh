@@ -17,7 +17,8 @@ fail() {
   exit 1
 }
 
-bash scripts/install-deps.sh || fail "installing dependencies"
+# --peers: oneDNN too, so that softfree_bench also times oneDNN's softmax attention.
+bash scripts/install-deps.sh --peers || fail "installing dependencies"
 
 echo "== softfree: cmake --workflow --preset bench"
 cmake --workflow --preset bench || fail "building the bench preset"
@@ -33,6 +34,11 @@ if [[ -z "$bench_exe" ]]; then
   bench_exe="$(find build/bench -type f -name softfree_bench -perm -u+x 2>/dev/null | head -n 1 || true)"
 fi
 [[ -n "$bench_exe" ]] || fail "softfree_bench was not built (are there bench/*.cpp sources?)"
+
+# oneDNN's OpenMP workers (the peer rows) sleep rather than spin between primitives: spinning,
+# its 2-thread rows ran 10-100x slower while other jobs shared the cores; passive cost nothing
+# measurable on an idle machine. softfree's own rows use Eigen's pool and ignore it.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
 echo "== softfree: $bench_exe $*"
 "$bench_exe" --benchmark_out=build/bench/results.json --benchmark_out_format=json "$@" \

@@ -3,6 +3,7 @@
 #
 #   bash scripts/install-deps.sh           # cmake, g++, make, Eigen, GoogleTest, Google Benchmark, ...
 #   bash scripts/install-deps.sh --clang   # ... and clang
+#   bash scripts/install-deps.sh --peers   # ... and oneDNN, for the benchmarks' peer rows only
 #
 # Only missing packages are installed; when nothing is missing it prints nothing
 # and touches nothing. Runs as root, or through sudo; otherwise it lists what to
@@ -14,8 +15,11 @@ packages=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-de
 for arg in "$@"; do
   case "$arg" in
     --clang) packages+=(clang) ;;
+    # The OpenCL headers too: Debian's dnnl-config.cmake requires them, and libdnnl-dev only
+    # recommends them (not installed under --no-install-recommends).
+    --peers) packages+=(libdnnl-dev ocl-icd-opencl-dev) ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "install-deps.sh: unknown argument '$arg' (expected --clang)" >&2; exit 2 ;;
+    *) echo "install-deps.sh: unknown argument '$arg' (expected --clang or --peers)" >&2; exit 2 ;;
   esac
 done
 
