@@ -32,7 +32,8 @@ double per_head(const Shape& s) { return static_cast<double>(s.B * s.H * s.N * s
 // The N x N bias and its cached exp are 64 MB each at N = 4096 and 1 GB at N = 16384 (where one
 // call is 0.4 TFLOP): the quadratic method stops at 4096.
 SOFTFREE_BENCH_METHOD(Method{"aft-full", [](const Shape& s) { return 4.0 * per_head(s) * static_cast<double>(s.N); },
-                             benchmark::oNSquared, /*time_alloc=*/false, [](const Shape& s) { return s.N <= 4096; }},
+                             benchmark::oNSquared, /*time_alloc=*/false, [](const Shape& s) { return s.N <= 4096; },
+                             /*tied_qk=*/false, /*bf16_products=*/true},
                       [](auto tag, const Shape& s) {
                         using T = typename decltype(tag)::type;
                         return softfree::AftFull<T>(random_weights<T>(1, s.N, s.N));

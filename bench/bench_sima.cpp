@@ -8,6 +8,6 @@ namespace {
 using namespace softfree_bench;
 
 SOFTFREE_BENCH_METHOD(Method{"sima", [](const Shape& s) { return 4.0 * s.B * s.H * s.N * s.D * s.D; }, benchmark::oN,
-                             /*time_alloc=*/true, nullptr},
+                             /*time_alloc=*/true, nullptr, /*tied_qk=*/false, /*bf16_products=*/true},
                       [](auto tag, const Shape&) { return softfree::SimA<typename decltype(tag)::type>{}; });
 }  // namespace

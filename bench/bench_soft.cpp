@@ -34,7 +34,7 @@ auto nystrom = [](auto tag, const Shape&) {
 };
 
 SOFTFREE_BENCH_METHOD(Method{"soft-gaussian", [](const Shape& s) { return 4.0 * s.B * s.H * s.N * s.N * s.D; },
-                             benchmark::oNSquared, /*time_alloc=*/false, nullptr, /*tied_qk=*/true},
+                             benchmark::oNSquared, /*time_alloc=*/false, nullptr, /*tied_qk=*/true, /*bf16_products=*/true},
                       [](auto tag, const Shape&) { return softfree::SoftGaussian<typename decltype(tag)::type>{}; });
 
 SOFTFREE_BENCH_METHOD(Method{"soft-nystrom-m49", [](const Shape& s) { return nystrom_flops(s, 49, true); },

@@ -6,6 +6,7 @@ namespace {
 using namespace softfree_bench;
 
 SOFTFREE_BENCH_METHOD(Method{"softmax", [](const Shape& s) { return 4.0 * s.B * s.H * s.N * s.N * s.D; },
-                             benchmark::oNSquared, /*time_alloc=*/true, nullptr},
+                             benchmark::oNSquared, /*time_alloc=*/true, nullptr, /*tied_qk=*/false,
+                             /*bf16_products=*/true},
                       [](auto tag, const Shape&) { return softfree::SoftmaxAttention<typename decltype(tag)::type>{}; });
 }  // namespace

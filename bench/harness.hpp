@@ -6,10 +6,15 @@
 //
 // Names: <method>/<dtype>/threads:<t>/N:<n> (bench/report.py parses them). Times are of the
 // write-into-`out` call form with every buffer allocated once; a method that asks for it also
-// gets a `<method>+alloc` family (float, one thread) timing the allocating form.
+// gets a `<method>+alloc` family (float, one thread) timing the allocating form. A method with
+// bf16 kernels also gets `<method>+bf16` (float storage, math = Math::bf16) and, on a machine
+// whose build has the AVX512-BF16 products but whose CPU the selection rule keeps off them,
+// `<method>+bf16dot` (bfloat16 storage, the pairs forced): the figure behind that rule. Each
+// row's label is the product backend it ran (Attention::backend()).
 #include <benchmark/benchmark.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,7 +48,18 @@ struct Method {
   bool time_alloc = false;  ///< also time the allocating form (float, 1 thread)
   bool (*applies)(const Shape&) = nullptr;  ///< null: every shape
   bool tied_qk = false;  ///< call f(q, q, v): the method's own tied form (SOFT's K = Q)
+  bool bf16_products = false;  ///< has bf16 kernels: also the +bf16 (and +bf16dot) families
 };
+
+/// A family's variant of the functor: as made, the bf16 policy, or the bf16 pairs forced.
+enum class Variant { plain, alloc, bf16_math, bf16_forced };
+
+/// Whether +bf16dot rows mean anything here: the build has the pairs, the CPU runs them, and
+/// the rule does not already pick them for bfloat16 storage.
+inline bool forced_pairs_differ() {
+  return softfree::detail::kHavePairOps && softfree::detail::cpu_features().avx512_bf16 &&
+         !softfree::backend_info<Eigen::bfloat16>().native_bf16;
+}
 
 /// A method and its registrars, one per thread count, filled by add_method from the maker.
 struct Registration {
@@ -69,6 +85,7 @@ inline void set_counters(benchmark::State& state, const Shape& s, double flops, 
 template <class T, class F>
 void run_case(benchmark::State& state, const F& f, const Shape& s, double flops, int threads, bool alloc,
               bool tied_qk) {
+  state.SetLabel(f.backend().name);
   softfree::Tensor4<T> q(s.B, s.H, s.N, s.D), k_own(s.B, s.H, s.N, s.D), v(s.B, s.H, s.N, s.D),
       out(s.B, s.H, s.N, s.D);
   q.setRandom();  // uniform in [0, 1): every method's inputs stay in its well-behaved range
@@ -89,16 +106,32 @@ void run_case(benchmark::State& state, const F& f, const Shape& s, double flops,
   set_counters(state, s, flops, threads);
 }
 
+inline const char* variant_suffix(Variant v) {
+  switch (v) {
+    case Variant::alloc:
+      return "+alloc/";
+    case Variant::bf16_math:
+      return "+bf16/";
+    case Variant::bf16_forced:
+      return "+bf16dot/";
+    default:
+      return "/";
+  }
+}
+
 template <class T, class Maker>
-void register_family(const Method& m, const Maker& make, int threads, bool alloc) {
-  const std::string name = m.name + (alloc ? "+alloc/" : "/") + softfree::precision<T>::name +
-                           "/threads:" + std::to_string(threads);
-  auto* b = benchmark::RegisterBenchmark(name.c_str(), [m, make, threads, alloc](benchmark::State& state) {
+void register_family(const Method& m, const Maker& make, int threads, Variant variant) {
+  const std::string name = m.name + variant_suffix(variant) + softfree::precision<T>::name + "/threads:" +
+                           std::to_string(threads);
+  auto* b = benchmark::RegisterBenchmark(name.c_str(), [m, make, threads, variant](benchmark::State& state) {
     Shape s;
     s.N = state.range(0);
     auto f = make(Type<T>{}, s);
     f.parallel = parallel_for_threads(threads);
-    run_case<T>(state, f, s, m.flops(s), threads, alloc, m.tied_qk);
+    if (variant == Variant::bf16_math) f.math = softfree::Math::bf16;
+    std::optional<softfree::detail::ScopedBf16Products> force;
+    if (variant == Variant::bf16_forced) force.emplace(true);
+    run_case<T>(state, f, s, m.flops(s), threads, variant == Variant::alloc, m.tied_qk);
   });
   b->ArgName("N")->Unit(benchmark::kMillisecond)->UseRealTime()->Complexity(m.complexity);
   for (Index n : kTokens) {
@@ -112,10 +145,14 @@ void register_family(const Method& m, const Maker& make, int threads, bool alloc
 template <class Maker>
 bool add_method(const Method& m, Maker make) {
   registrations().push_back(Registration{m, [m, make](int t) {
-                                           register_family<float>(m, make, t, false);
-                                           if (m.time_alloc && t == 1) register_family<float>(m, make, t, true);
-                                           register_family<Eigen::half>(m, make, t, false);
-                                           register_family<Eigen::bfloat16>(m, make, t, false);
+                                           register_family<float>(m, make, t, Variant::plain);
+                                           if (m.time_alloc && t == 1) register_family<float>(m, make, t, Variant::alloc);
+                                           register_family<Eigen::half>(m, make, t, Variant::plain);
+                                           register_family<Eigen::bfloat16>(m, make, t, Variant::plain);
+                                           if (!m.bf16_products) return;
+                                           register_family<float>(m, make, t, Variant::bf16_math);
+                                           if (forced_pairs_differ())
+                                             register_family<Eigen::bfloat16>(m, make, t, Variant::bf16_forced);
                                          }});
   return true;
 }

@@ -1,6 +1,9 @@
-// The suite's main: measures the core's FMA peak once, then registers every method's families
+// The suite's main: measures the core's FMA peak (and bf16 pair peak) once, records the product
+// backends in the context, then registers every method's families
 // (float, half, bfloat16; 1 and 2 threads) and runs Google Benchmark.
 #include <chrono>
+#include <string>
+#include <type_traits>
 #include <map>
 #include <memory>
 
@@ -50,6 +53,46 @@ double measure_peak() {
   return best;
 }
 
+// Peak of one core's bf16 pair products (vdpbf16ps: 4 FLOPs per float lane), where the build has
+// them: the ceiling of the +bf16 and +bf16dot rows.
+template <class Ops = softfree::detail::PairOps>
+double measure_pair_peak() {
+  if constexpr (!std::is_same<Ops, softfree::detail::NoPairOps>::value) {
+    if (!softfree::detail::cpu_features().avx512_bf16) return 0;
+    using P = softfree::detail::Packet<float>;
+    constexpr int kAcc = 16;
+    P acc[kAcc];
+    for (int i = 0; i < kAcc; ++i) acc[i] = Eigen::internal::pset1<P>(0.0f);
+    const auto a = Ops::template bcast<P>(0x3f803f80u), b = Ops::template bcast<P>(0x33d633d6u);  // (1.0, 1.0), (1e-7, 1e-7)
+    const long iters = 20'000'000;
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (long it = 0; it < iters; ++it)
+        for (int i = 0; i < kAcc; ++i) acc[i] = Ops::madd(a, b, acc[i]);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      benchmark::DoNotOptimize(acc);
+      best = std::max(best, 4.0 * 16 * kAcc * static_cast<double>(iters) / dt * 1e-9);
+    }
+    return best;
+  }
+  return 0;
+}
+
+/// The product backends the build and CPU give, for the report's context.
+void add_backend_context() {
+  namespace sf = softfree;
+  const auto bf = sf::backend_info<Eigen::bfloat16>(), fb = sf::backend_info<float>(sf::Math::bf16);
+  benchmark::AddCustomContext("kernel_isa", sf::kernel_isa());
+  benchmark::AddCustomContext("products_bfloat16", bf.name + " (" + bf.reason + ")");
+  benchmark::AddCustomContext("products_float_math_bf16", fb.name + " (" + fb.reason + ")");
+  const auto& cpu = sf::detail::cpu_features();
+  benchmark::AddCustomContext("cpu_avx512_bf16", cpu.avx512_bf16 ? "yes" : "no");
+  benchmark::AddCustomContext("cpu_amx_bf16", cpu.amx_bf16 ? "yes" : "no");
+  const double pair_peak = measure_pair_peak();
+  if (pair_peak > 0) benchmark::AddCustomContext("bf16_dot_peak_gflops_per_core", std::to_string(pair_peak));
+}
+
 }  // namespace
 
 double peak_gflops_per_core() {
@@ -63,6 +106,7 @@ int main(int argc, char** argv) {
   using namespace softfree_bench;
   benchmark::AddCustomContext("fma_peak_gflops_per_core", std::to_string(peak_gflops_per_core()));
   benchmark::AddCustomContext("shape", "B=1 H=6 D=64");
+  add_backend_context();
   for (const Registration& r : registrations())
     for (int threads : {1, 2}) r.register_all(threads);
   benchmark::Initialize(&argc, argv);

@@ -274,6 +274,25 @@ def precision_table(rows, threads=1):
     return md_table(["method"] + [f"{d} N={n}" for d, n in cols], "l" + "r" * len(cols), body)
 
 
+# context key -> what it tells (softfree_bench records them; older results lack them)
+BACKEND_CONTEXT = (("kernel_isa", "kernels compiled for"),
+                   ("products_bfloat16", "bfloat16 storage products"),
+                   ("products_float_math_bf16", "float storage, math = bf16"),
+                   ("cpu_avx512_bf16", "CPU AVX512-BF16"), ("cpu_amx_bf16", "CPU AMX-BF16"),
+                   ("fma_peak_gflops_per_core", "float FMA peak, GFLOP/s per core"),
+                   ("bf16_dot_peak_gflops_per_core", "vdpbf16ps peak, GFLOP/s per core"))
+
+
+def backends_section(ctx):
+    """The product backends the run used (each row's label names its own), from the context."""
+    items = [f"- {what}: {ctx[key]}" for key, what in BACKEND_CONTEXT if key in ctx]
+    if not items:
+        return []
+    return ["## Backends", ""] + items + ["", "_Rows `<method>+bf16` run float storage with math = bf16; "
+                                          "`<method>+bf16dot` force the AVX512-BF16 pair products where the "
+                                          "selection rule does not pick them (bfloat16 storage)._", ""]
+
+
 def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False):
     """The whole markdown report."""
     out = ["# softfree attention benchmarks", ""]
@@ -284,6 +303,7 @@ def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False):
                 + (f", load avg {load_avg}" if load_avg else "")
                 + (", CPU frequency scaling enabled" if ctx.get("cpu_scaling_enabled") else "")
                 + "._", ""]
+        out += backends_section(ctx)
     label = selection_label(dtype, threads, threads_best)
     ser = series(rows, dtype, threads, threads_best)
     out += [f"## Speed-up vs softmax ({label})", "", summary_table(ser), ""]

@@ -229,6 +229,16 @@ class ReportTest(unittest.TestCase):
         self.assertNotIn("softfree vs oneDNN", plain)
         self.assertNotIn("Not listed", plain)
 
+    def test_backends_section(self):
+        ctx = {"kernel_isa": "avx512_fma_f16c_bf16", "products_bfloat16": "avx512_bf16 (forced)",
+               "bf16_dot_peak_gflops_per_core": "575.0"}
+        md = report.markdown({}, {}, dict(ctx, date="d", host_name="h"))
+        self.assertIn("## Backends", md)
+        self.assertIn("- kernels compiled for: avx512_fma_f16c_bf16", md)
+        self.assertIn("- bfloat16 storage products: avx512_bf16 (forced)", md)
+        self.assertIn("- vdpbf16ps peak, GFLOP/s per core: 575.0", md)
+        self.assertNotIn("## Backends", report.markdown({}, {}, {"date": "d"}))
+
     def test_threads_best_and_dtype(self):
         _, _, md, svg = self.run_main("--threads-best")
         self.assertIn("(float, fastest thread count)", md)

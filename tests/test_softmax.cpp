@@ -285,21 +285,6 @@ Tensor4<T> integer_tensor(Index B, Index H, Index N, Index D, unsigned seed, int
   return t;
 }
 
-template <class T>
-double max_abs_score(const Tensor4<T>& q, const Tensor4<T>& k, double scale) {
-  double m = 0;
-  for (Index b = 0; b < q.dimension(0); ++b)
-    for (Index h = 0; h < q.dimension(1); ++h)
-      for (Index i = 0; i < q.dimension(2); ++i)
-        for (Index j = 0; j < k.dimension(2); ++j) {
-          double s = 0;
-          for (Index d = 0; d < q.dimension(3); ++d)
-            s += static_cast<double>(q(b, h, i, d)) * static_cast<double>(k(b, h, j, d));
-          m = std::max(m, std::abs(s * scale));
-        }
-  return m;
-}
-
 TYPED_TEST(SoftmaxTyped, LargeLogits) {
   using T = TypeParam;
   for (int sign : {1, -1}) {  // every score near +1e4, then every score near -1e4

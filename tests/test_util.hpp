@@ -102,6 +102,71 @@ template <class T>
                                        << " x max|ref| = " << bound;
 }
 
+/// Per row: for every (b, h, row), max_c |got - ref| <= tol * max(max_c |ref|, floor), every
+/// output finite, and shapes equal; on failure the message names b, h, row and the worst element.
+/// Stricter than close_to_ref wherever rows differ in scale (a row of small outputs is held to
+/// its own size, not to the tensor's largest). floor keeps a reference row of zeros (a query that
+/// sees no key) from dividing by zero: such a row must then be zero in effect (|got| <= tol *
+/// floor). The default 1e-30 lies far below every nonzero row the tests build (>= 1e-3) and far
+/// above what a float kernel may leave in a row whose weights all underflow (weights below float's
+/// smallest normal, 1.2e-38, are flushed: at most N 1.2e-38 max|v|). worst, when given, receives
+/// the largest max_c |got - ref| / max(max_c |ref|, floor) over the rows (for reports).
+template <class T>
+::testing::AssertionResult close_to_ref_rows(const Tensor4<T>& got, const softfree_ref::Tensor& ref, double tol,
+                                             double floor = 1e-30, double* worst = nullptr) {
+  const auto& d = got.dimensions();
+  if (d[0] != ref.B || d[1] != ref.H || d[2] != ref.N || d[3] != ref.D)
+    return ::testing::AssertionFailure() << "shape [" << d[0] << ", " << d[1] << ", " << d[2] << ", " << d[3]
+                                         << "] differs from the reference's [" << ref.B << ", " << ref.H << ", "
+                                         << ref.N << ", " << ref.D << "]";
+  double worst_ratio = 0;
+  ::testing::AssertionResult result = ::testing::AssertionSuccess();
+  bool failed = false;
+  for (Index b = 0; b < ref.B; ++b)
+    for (Index h = 0; h < ref.H; ++h)
+      for (Index n = 0; n < ref.N; ++n) {
+        double scale = 0, err = 0;
+        Index worst_c = 0;
+        for (Index c = 0; c < ref.D; ++c) {
+          const double g = static_cast<double>(got(b, h, n, c)), r = ref(b, h, n, c);
+          if (!std::isfinite(g))
+            return ::testing::AssertionFailure() << "output [" << b << ", " << h << ", " << n << ", " << c << "] is "
+                                                 << g << " (reference " << r << ")";
+          scale = std::max(scale, std::abs(r));
+          if (std::abs(g - r) > err) err = std::abs(g - r), worst_c = c;
+        }
+        const double denom = std::max(scale, floor);
+        worst_ratio = std::max(worst_ratio, err / denom);
+        if (!failed && err > tol * denom) {
+          failed = true;  // report the first failing row, keep measuring the worst ratio
+          result = ::testing::AssertionFailure()
+                   << "row [b " << b << ", h " << h << ", row " << n << "]: max |got - ref| = " << err << " at column "
+                   << worst_c << " (got " << static_cast<double>(got(b, h, n, worst_c)) << ", ref "
+                   << ref(b, h, n, worst_c) << "), above " << tol << " x max(row max|ref| = " << scale << ", floor "
+                   << floor << ") = " << tol * denom;
+        }
+      }
+  if (worst) *worst = worst_ratio;
+  if (failed) result << " (worst row ratio " << worst_ratio << ")";
+  return result;
+}
+
+/// max |scale q_i . k_j| over every head, in double: how large a test's logits are.
+template <class T>
+double max_abs_score(const Tensor4<T>& q, const Tensor4<T>& k, double scale) {
+  double m = 0;
+  for (Index b = 0; b < q.dimension(0); ++b)
+    for (Index h = 0; h < q.dimension(1); ++h)
+      for (Index i = 0; i < q.dimension(2); ++i)
+        for (Index j = 0; j < k.dimension(2); ++j) {
+          double s = 0;
+          for (Index d = 0; d < q.dimension(3); ++d)
+            s += static_cast<double>(q(b, h, i, d)) * static_cast<double>(k(b, h, j, d));
+          m = std::max(m, std::abs(s * scale));
+        }
+  return m;
+}
+
 /// Bitwise equality of two tensors (determinism tests).
 template <class T>
 bool bitwise_equal(const Tensor4<T>& a, const Tensor4<T>& b) {

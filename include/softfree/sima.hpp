@@ -7,12 +7,15 @@
 // The fast order never forms Qn or Kn: with a_c, b_c the reciprocal column norms of Q and K,
 // O = Q (diag(a b) (K^T V)), so the scalings fold into the D x D matrix K^T V. That is two column
 // reductions, one D x D x N product, a D x D rescale and one N x D x D product: O(N D^2), both
-// products through the kernel layer's gemm.
+// products through the kernel layer's gemm, or, with bf16 products (Math), on bf16 pairs
+// (core/kernels/pairs.hpp) accumulated in float: K^T V with K and V rounded, Q M with Q and the
+// rescaled M rounded. The norms stay exact. The short-sequence order stays in float.
 #include <algorithm>
 
 #include "core/attention.hpp"
 #include "core/kernels/convert.hpp"
 #include "core/kernels/gemm.hpp"
+#include "core/kernels/pairs.hpp"
 #include "core/parallel.hpp"
 #include "core/schedule.hpp"
 
@@ -53,8 +56,9 @@ class SimA : public Attention<SimA<T>, T> {
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
-/// One thread's SimA workspace and the two orders, per (b, h) head.
-template <class T>
+/// One thread's SimA workspace and the two orders, per (b, h) head; Pairs: kv_first's products on
+/// bf16 pairs.
+template <class T, bool Pairs = false>
 class SimAHead {
   using Acc = accum_t<T>;
   // Rows per tile: a 256 x D tile of K and of V stays in L2 while K^T V accumulates over it (one
@@ -65,12 +69,14 @@ class SimAHead {
   using Tile = Tiling<4, 4>;
 
  public:
-  SimAHead(Index d, Acc eps) : d_(d), eps_(eps), qnorm_(static_cast<size_t>(d)), knorm_(qnorm_.size()),
-                               kv_(static_cast<size_t>(d * d)) {}
+  // M = K^T V (and later Q M) has row stride ldm: D, or D rounded up to whole packets for pairs.
+  SimAHead(Index d, Acc eps)
+      : d_(d), ldm_(Pairs ? pad_to_16(d) : d), eps_(eps), qnorm_(static_cast<size_t>(d)), knorm_(qnorm_.size()),
+        kv_(static_cast<size_t>(d * ldm_)) {}
 
   // O = Q (diag(a b) (K^T V)).
   void kv_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op) {
-    const Index d = d_;
+    const Index d = d_, ldm = ldm_;
     Acc* kv = kv_.data();
     std::fill(kv_.begin(), kv_.end(), Acc(0));
     std::fill(knorm_.begin(), knorm_.end(), Acc(0));
@@ -78,9 +84,7 @@ class SimAHead {
       const Index rows = std::min(kTile, nk - r0);
       const Acc* kt = load_k_(kp + r0 * d, rows, d).data();
       const Acc* vt = load_v_(vp + r0 * d, rows, d).data();
-      for (Index j = 0; j < rows; j += 64)  // 64 rows at a time, so the V rows it re-reads stay in L1
-        gemm<Tile>(d, d, std::min<Index>(64, rows - j), StridedA<Acc>{kt + j * d, 1, d}, RowsB<Acc>{vt + j * d, d},
-                   AddC<Acc>{kv, d});
+      add_kv(kt, vt, rows, kv);
       add_abs_colsum(kt, rows, knorm_.data());
     }
     std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));
@@ -91,12 +95,20 @@ class SimAHead {
     to_scales(qnorm_.data());
     to_scales(knorm_.data());
     for (Index c = 0; c < d; ++c)  // row c scaled by a_c b_c
-      MatrixMap<Acc>(kv + c * d, 1, d) *= qnorm_[static_cast<size_t>(c)] * knorm_[static_cast<size_t>(c)];
+      MatrixMap<Acc>(kv + c * ldm, 1, d) *= qnorm_[static_cast<size_t>(c)] * knorm_[static_cast<size_t>(c)];
+    if constexpr (Pairs) pack_row_pairs<PairOps>(kv, d, d, ldm, reserve(mp_, pairs_of(d) * ldm), ldm);
     for (Index r0 = 0; r0 < nq; r0 += kTile) {
       const Index rows = std::min(kTile, nq - r0);
       const Acc* qt = load_q_(qp + r0 * d, rows, d).data();
-      Acc* o = out_.begin(op + r0 * d, rows, d);
-      gemm<Tile>(rows, d, d, StridedA<Acc>{qt, d, 1}, RowsB<Acc>{kv, d}, StoreC<Acc>{o, d});  // o = Q M
+      Acc* o = out_.begin(op + r0 * d, rows, d, ldm);
+      if constexpr (Pairs) {  // o = Q M on pairs along D
+        PairWord* qw = reserve(pw_, rows * pairs_of(d));
+        pack_rows(qt, rows, d, qw, pairs_of(d));
+        gemm_pairs<Tile>(rows, ldm, pairs_of(d), PairA{qw, pairs_of(d), 1}, PairRowsB<PairOps>{mp_.data(), ldm},
+                         StoreC<Acc>{o, ldm});
+      } else {
+        gemm<Tile>(rows, d, d, StridedA<Acc>{qt, d, 1}, RowsB<Acc>{kv, d}, StoreC<Acc>{o, d});  // o = Q M
+      }
       out_.commit();
     }
   }
@@ -125,6 +137,22 @@ class SimAHead {
   }
 
  private:
+  /// kv += kt^T vt over `rows` tokens (row stride ldm).
+  void add_kv(const Acc* kt, const Acc* vt, Index rows, Acc* kv) {
+    const Index d = d_, ldm = ldm_;
+    if constexpr (Pairs) {  // pairs along the tokens: K^T as [D][pairs], V as [pairs][ldm]
+      const Index tp = pairs_of(rows);
+      PairWord *kw = reserve(pw_, d * tp), *vw = reserve(vw_, tp * ldm);
+      pack_columns(kt, rows, d, d, kw, tp);
+      pack_row_pairs<PairOps>(vt, rows, d, d, vw, ldm);
+      gemm_pairs<Tile>(d, ldm, tp, PairA{kw, tp, 1}, PairRowsB<PairOps>{vw, ldm}, AddC<Acc>{kv, ldm});
+    } else {
+      for (Index j = 0; j < rows; j += 64)  // 64 rows at a time, so the V rows it re-reads stay in L1
+        gemm<Tile>(d, d, std::min<Index>(64, rows - j), StridedA<Acc>{kt + j * d, 1, d}, RowsB<Acc>{vt + j * d, d},
+                   AddC<Acc>{kv, d});
+    }
+  }
+
   /// Adds sum_rows |x| to norm, summing each chunk of 256 rows apart first so the rounding error
   /// grows with the chunk, not with N.
   void add_abs_colsum(const Acc* x, Index rows, Acc* norm) {
@@ -142,22 +170,36 @@ class SimAHead {
     for (Index c = 0; c < d_; ++c) norm[c] = norm[c] > 0 ? Acc(1) / std::max(norm[c], eps_) : Acc(0);
   }
 
-  Index d_;
+  Index d_, ldm_;
   Acc eps_;
   AlignedBuffer<Acc> qnorm_, knorm_, partial_, kv_, qs_, scores_;
+  AlignedBuffer<PairWord> pw_, vw_, mp_;  // Pairs: K^T or Q, V, M as pair words
   TileLoader<T> load_q_, load_k_, load_v_;
   OutputTile<T> out_;
 };
 
 template <class T>
 struct Kernel<SimA<T>> {
+  static constexpr bool kBf16Products = true;
+
   static NoReport forward(const SimA<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
                           const View4<T>& out) {
     const Shape4 sq = shape_of(q), sk = shape_of(k);
     const SimAOrder how = f.resolved_order(sq.N, sk.N, sq.D);
+    if constexpr (kHavePairOps && std::is_same<accum_t<T>, float>::value) {
+      if (how == SimAOrder::KVFirst && products_for(f).kind == Products::bf16_pairs)
+        return run<SimAHead<T, true>>(f, how, q, k, v, out);
+    }
+    return run<SimAHead<T>>(f, how, q, k, v, out);
+  }
+
+  template <class Head>
+  static NoReport run(const SimA<T>& f, SimAOrder how, const ConstView4<T>& q, const ConstView4<T>& k,
+                      const ConstView4<T>& v, const View4<T>& out) {
+    const Shape4 sq = shape_of(q), sk = shape_of(k);
     // One item = one (b, h): the column norms need every token of the head.
     for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N}, [&] {
-      return [&, ws = SimAHead<T>(sq.D, static_cast<accum_t<T>>(f.eps))](const WorkGrid::Item& it) mutable {
+      return [&, ws = Head(sq.D, static_cast<accum_t<T>>(f.eps))](const WorkGrid::Item& it) mutable {
         const HeadSlices<T> x = head_slices(q, k, v, out, it.b, it.h);
         if (how == SimAOrder::KVFirst)
           ws.kv_first(x.q, sq.N, x.k, x.v, sk.N, x.out);

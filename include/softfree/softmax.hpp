@@ -62,7 +62,7 @@ inline namespace SOFTFREE_ISA {
 template <class Acc>
 class SoftmaxScore {
   using P = Packet<Acc>;
-  static constexpr Index kBlockQ = FlashBlock<Acc>::kBlockQ, L = kLanes<Acc>;
+  static constexpr Index kBlockQ = kFlashBlockQ<Acc>, L = kLanes<Acc>;
   static constexpr int NQ = static_cast<int>(kBlockQ / L);
 
  public:
@@ -129,13 +129,14 @@ class SoftmaxScore {
 
 template <class T>
 struct Kernel<SoftmaxAttention<T>> {
+  static constexpr bool kBf16Products = true;
   static NoReport forward(const SoftmaxAttention<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
                           const ConstView4<T>& v, const View4<T>& out) {
     using Score = SoftmaxScore<accum_t<T>>;
     const Index nk = shape_of(k).N;
     const auto s = f.scale_for(shape_of(q).D);
     flash_attention(
-        f.parallel, q, k, v, out, [&] { return Score(s, f.causal); },
+        f.parallel, products_for(f).kind, q, k, v, out, [&] { return Score(s, f.causal); },
         [&](Score& score, const WorkGrid::Item& it) {
           score.set_block(it.r0);
           const Index key_end = f.key_lengths.empty() ? nk : f.key_lengths[static_cast<size_t>(it.b)];

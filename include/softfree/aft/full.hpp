@@ -10,6 +10,7 @@
 
 #include "../core/attention.hpp"
 #include "../core/parallel.hpp"
+#include "../core/kernels/pairs.hpp"
 #include "../core/schedule.hpp"
 #include "common.hpp"
 #include "simple.hpp"
@@ -37,7 +38,32 @@ class AftFullBias {
     return packed_[c].data();
   }
 
+  /// The same table rounded to bf16 pairs along the keys (pairs.hpp), for bf16 products: per
+  /// slot and chunk, group g as [pairs_of(chunk)][kMR] words; a slot is pairs_words(n) words.
+  const PairWord* packed_pairs(bool causal) const {
+    const int c = causal ? 1 : 0;
+    std::call_once(pairs_once_[c], [&] { build_pairs(packed(causal), pairs_[c]); });
+    return pairs_[c].data();
+  }
+  static Index pairs_words(Index n) { return (n + kMR - 1) / kMR * kMR * pairs_of(n); }
+
  private:
+  void build_pairs(const Acc* tab, AlignedBuffer<PairWord>& out) const {
+    const Index n = w_.rows, ng = (n + kMR - 1) / kMR;
+    out.assign(static_cast<size_t>(w_.slots * pairs_words(n)), PairWord(0));
+    for (Index hs = 0; hs < w_.slots; ++hs)
+      for (Index j0 = 0; j0 < n; j0 += kKC) {
+        const Index chunk = std::min(kKC, n - j0), cp = pairs_of(chunk);
+        for (Index g = 0; g < ng; ++g) {
+          const Acc* a = tab + hs * ng * n * kMR + j0 * ng * kMR + g * chunk * kMR;  // [chunk][kMR]
+          PairWord* o = out.data() + hs * pairs_words(n) + j0 / 2 * ng * kMR + g * cp * kMR;
+          for (Index t = 0; t < cp; ++t)
+            for (Index r = 0; r < kMR; ++r)
+              o[t * kMR + r] = pair_word_rounded(a[2 * t * kMR + r], 2 * t + 1 < chunk ? a[(2 * t + 1) * kMR + r] : 0);
+        }
+      }
+  }
+
   void build(bool causal, AlignedBuffer<Acc>& tab) const {
     const Index slots = w_.slots, n = w_.rows, ng = (n + kMR - 1) / kMR;
     tab.assign(static_cast<size_t>(slots * ng * n * kMR), Acc(0));
@@ -55,8 +81,9 @@ class AftFullBias {
   }
 
   AftTable<Acc> w_;
-  mutable std::once_flag once_[2];
+  mutable std::once_flag once_[2], pairs_once_[2];
   mutable AlignedBuffer<Acc> packed_[2];
+  mutable AlignedBuffer<PairWord> pairs_[2];
 };
 
 }  // namespace detail
@@ -113,7 +140,9 @@ inline namespace SOFTFREE_ISA {
 /// chunk's X rows (kKC x 2D, 64 KiB for D = 64) are built once, and each row group's packed exp(w)
 /// (kMR x kKC) stays in L1 across X's column blocks, which stay in L2. An item's exp(w) chunk
 /// (kRows x kKC) stays in L2 across its heads, and so do their [num | den] accumulators.
-template <class T>
+/// Pairs: the product on bf16 pairs (pairs.hpp) of the bf16 exp(w) table and each chunk of X
+/// rounded to bf16, accumulated in float.
+template <class T, bool Pairs = false>
 class AftFullRows {
   using Acc = accum_t<T>;
   static constexpr Index kMR = AftFullBias<Acc>::kMR, kKC = AftFullBias<Acc>::kKC;
@@ -126,7 +155,8 @@ class AftFullRows {
 
   AftFullRows(Index d, Index heads)
       : d_(d), ldx_(aft_ld<Acc>(d)), dp_(pad_to_packets<Acc>(d)), x_(static_cast<size_t>(kKC * ldx_)),
-        kv_(static_cast<size_t>(2 * kKC * d)), acc_(static_cast<size_t>(heads * kRows * ldx_)),
+        kv_(static_cast<size_t>(2 * kKC * d)), xp_(Pairs ? static_cast<size_t>(pairs_of(kKC) * ldx_) : 0),
+        acc_(static_cast<size_t>(heads * kRows * ldx_)),
         m_(static_cast<size_t>(heads * dp_)), m_src_(static_cast<size_t>(heads), nullptr),
         m_rows_(static_cast<size_t>(heads), 0) {}
 
@@ -138,7 +168,8 @@ class AftFullRows {
     const Index kend = f.causal ? i0 + it.rows : n;
     for (Index i = 0; i < it.heads; ++i) key_max(head(k, it.b, it.h + i).data(), kend, i);
     std::fill(acc_.begin(), acc_.end(), Acc(0));
-    const Acc* packed = bias.packed(f.causal) + slot * ((n + kMR - 1) / kMR) * n * kMR;
+    const void* packed = Pairs ? static_cast<const void*>(bias.packed_pairs(f.causal) + slot * bias.pairs_words(n))
+                               : bias.packed(f.causal) + slot * ((n + kMR - 1) / kMR) * n * kMR;
     for (Index j0 = 0; j0 < kend; j0 += kKC)
       for (Index i = 0; i < it.heads; ++i)
         accumulate(f.causal, packed, n, j0, std::min(kKC, kend - j0), head(k, it.b, it.h + i).data() + j0 * d_,
@@ -173,8 +204,8 @@ class AftFullRows {
   }
 
   // [num | den] of head i += exp(w) rows of the item x X of keys [j0, j0 + kc) (kp, vp: those
-  // keys' rows). a: the slot's packed exp(w).
-  void accumulate(bool causal, const Acc* a, Index n, Index j0, Index kc, const T* kp, const T* vp, Index i,
+  // keys' rows). table: the slot's packed exp(w) (floats, or pair words when Pairs).
+  void accumulate(bool causal, const void* table, Index n, Index j0, Index kc, const T* kp, const T* vp, Index i,
                   const WorkGrid::Item& it) {
     constexpr Index L = kLanes<Acc>;
     const Index d = d_, ldx = ldx_, ng = (n + kMR - 1) / kMR, chunk = std::min(kKC, n - j0);
@@ -198,16 +229,31 @@ class AftFullRows {
       panels[0] = Panel{x_.data(), ldx, ldx, 0};
     }
     Acc* acc = acc_.data() + i * kRows * ldx;
-    a += j0 * ng * kMR;  // this key chunk's groups
+    PairWord* xp[2] = {};
+    if constexpr (Pairs) {  // X's panels as pair rows, [pairs_of(kc)][width] each
+      for (int pi = 0; pi < np; ++pi) {
+        xp[pi] = xp_.data() + pi * pairs_of(kKC) * panels[pi].width;
+        pack_row_pairs<PairOps>(panels[pi].b, kc, panels[pi].width, panels[pi].ldb, xp[pi], panels[pi].width);
+      }
+    }
     const Index g0 = it.r0 / kMR, g1 = (it.r0 + it.rows + kMR - 1) / kMR;  // kRows is a multiple of kMR
     for (Index g = g0; g < g1; ++g) {  // row group outer: its exp(w) chunk is read once for every column block
       // Causal: keys past the group's last row are zero in the table; skip them.
       const Index kg = causal ? std::min(kc, (g + 1) * kMR - j0) : kc;
       if (kg <= 0) continue;
-      for (int pi = 0; pi < np; ++pi)
-        gemm<Tiling<kNP, kMR>>(kMR, panels[pi].width, kg, PackedA<Acc, kMR>{a + g * chunk * kMR},
-                               RowsB<Acc>{panels[pi].b, panels[pi].ldb},
-                               AddC<Acc>{acc + (g - g0) * kMR * ldx + panels[pi].col, ldx});
+      for (int pi = 0; pi < np; ++pi) {
+        const AddC<Acc> c{acc + (g - g0) * kMR * ldx + panels[pi].col, ldx};
+        if constexpr (Pairs) {
+          // This chunk's group g: [pairs_of(chunk)][kMR] words; a pair past kg meets zeros in the
+          // table (causal) or in X's padding.
+          const PairWord* a = static_cast<const PairWord*>(table) + j0 / 2 * ng * kMR + g * pairs_of(chunk) * kMR;
+          gemm_pairs<Tiling<kNP, kMR>>(kMR, panels[pi].width, pairs_of(kg), PairA{a, 1, kMR},
+                                       PairRowsB<PairOps>{xp[pi], panels[pi].width}, c);
+        } else {
+          const Acc* a = static_cast<const Acc*>(table) + j0 * ng * kMR + g * chunk * kMR;
+          gemm<Tiling<kNP, kMR>>(kMR, panels[pi].width, kg, PackedA<Acc, kMR>{a}, RowsB<Acc>{panels[pi].b, panels[pi].ldb}, c);
+        }
+      }
     }
   }
 
@@ -227,7 +273,9 @@ class AftFullRows {
   }
 
   Index d_, ldx_, dp_;
-  AlignedBuffer<Acc> x_, kv_, acc_, m_;  // X chunk; K, V chunk; [num | den] per head; key max per head
+  AlignedBuffer<Acc> x_, kv_;            // X chunk; K, V chunk
+  AlignedBuffer<PairWord> xp_;           // X chunk as pairs (Pairs)
+  AlignedBuffer<Acc> acc_, m_;           // [num | den] per head; key max per head
   std::vector<const T*> m_src_;          // m of head i is the max of keys [0, m_rows_[i]) of m_src_[i]
   std::vector<Index> m_rows_;
   TileLoader<T> load_q_, load_k_, load_v_;
@@ -236,19 +284,28 @@ class AftFullRows {
 
 template <class T>
 struct Kernel<AftFull<T>> {
+  static constexpr bool kBf16Products = true;
+
   static NoReport forward(const AftFull<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
                           const View4<T>& out) {
     const AftFullBias<accum_t<T>>* bias = f.bias_.get();
     if (!bias) return aft_simple_forward(f.causal, f.parallel, q, k, v, out);
+    if constexpr (kHavePairOps && std::is_same<accum_t<T>, float>::value) {
+      if (products_for(f).kind == Products::bf16_pairs) return run<AftFullRows<T, true>>(f, *bias, q, k, v, out);
+    }
+    return run<AftFullRows<T>>(f, *bias, q, k, v, out);
+  }
+
+  // One item = kRows query rows of every head that shares a bias slot (all H heads for a shared
+  // bias, else one head) of one batch: each key chunk of packed exp(w) is then read from memory
+  // once for all those heads. About N / 192 items per batch, so threads balance.
+  template <class Rows>
+  static NoReport run(const AftFull<T>& f, const AftFullBias<accum_t<T>>& bias, const ConstView4<T>& q,
+                      const ConstView4<T>& k, const ConstView4<T>& v, const View4<T>& out) {
     const Shape4 s = shape_of(q);
-    // One item = kRows query rows of every head that shares a bias slot (all H heads for a shared
-    // bias, else one head) of one batch: each key chunk of packed exp(w) is then read from memory
-    // once for all those heads. About N / 192 items per batch, so threads balance.
-    const Index group = bias->table().slots == 1 ? s.H : 1;
-    for_each_item(f.parallel, WorkGrid{s.B, s.H, s.N, AftFullRows<T>::kRows, group}, [&] {
-      return [&, ws = AftFullRows<T>(s.D, group)](const WorkGrid::Item& it) mutable {
-        ws.run(f, *bias, q, k, v, it, out);
-      };
+    const Index group = bias.table().slots == 1 ? s.H : 1;
+    for_each_item(f.parallel, WorkGrid{s.B, s.H, s.N, Rows::kRows, group}, [&] {
+      return [&, ws = Rows(s.D, group)](const WorkGrid::Item& it) mutable { ws.run(f, bias, q, k, v, it, out); };
     });
     return {};
   }

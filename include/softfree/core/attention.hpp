@@ -11,16 +11,19 @@
 //   static constexpr const char* kName;              // names it in every error
 //   static constexpr Capabilities kCapabilities;     // causal? cross-attention?
 //   bool causal = false;                             // on every method (rejected where unsupported)
+// and every method has the base's `Math math` (core/precision.hpp): how its products are computed.
 //   void check_options(const Shape4& q, const Shape4& k) const;   // its own options
 //   using report_type = ...;                         // optional: per-call results (default NoReport)
 // and its kernel as a specialisation of detail::Kernel<Method> beside it (see below), so the
 // functor holds configuration only and the kernel lives in the ISA-tagged namespace
-// (core/kernels/isa.hpp). Every check runs before anything is written.
+// (core/kernels/isa.hpp). A kernel with bf16 products says so with `static constexpr bool
+// kBf16Products = true` and reads the choice from detail::products_for(f). Every check runs
+// before anything is written.
 #include <type_traits>
 #include <utility>
 
 #include "checks.hpp"
-#include "kernels/isa.hpp"
+#include "kernels/select.hpp"
 
 namespace softfree {
 
@@ -65,6 +68,29 @@ template <class F>
 struct has_options<F, std::void_t<decltype(std::declval<const F&>().check_options(Shape4{}, Shape4{})),
                                   decltype(bool(std::declval<const F&>().causal))>> : std::true_type {};
 
+template <class F, class = void>
+struct has_bf16_products : std::false_type {};
+template <class F>
+struct has_bf16_products<F, std::enable_if_t<Kernel<F>::kBf16Products>> : std::true_type {};
+
+/// Rejects a Math value that is not one, or bf16 products for double storage.
+template <class T>
+void check_math(const char* where, Math m) {
+  if (math_name(m) == nullptr)
+    fail(where, "math = ", static_cast<int>(m), " is not a softfree::Math value (automatic, f32, bf16)");
+  if (m == Math::bf16 && std::is_same<T, double>::value)
+    fail(where, "math = bf16 is not supported for double storage (its products run in double; use f32 or automatic)");
+}
+
+inline namespace SOFTFREE_ISA {
+
+/// The products a call of f runs (its policy, the build, the CPU, the method's kernels).
+template <class F>
+ProductChoice products_for(const F& f) {
+  return choose_products<typename F::scalar_type>(f.math, has_bf16_products<F>::value, F::kName);
+}
+
+}  // namespace SOFTFREE_ISA
 }  // namespace detail
 
 template <class Derived, class T>
@@ -73,9 +99,19 @@ class Attention {
   using scalar_type = T;
   using report_type = NoReport;
 
+  /// How the products are computed (core/precision.hpp); backend() tells what that gives here.
+  Math math = Math::automatic;
+
   /// The method's name, as errors give it.
   const char* method_name() const { return Derived::kName; }
   Capabilities capabilities() const { return Derived::kCapabilities; }
+
+  /// The product backend this functor's calls run from the calling translation unit, and why.
+  template <class Isa = detail::IsaTag>
+  BackendInfo backend() const {
+    detail::check_math<T>(Derived::kName, math);
+    return detail::describe<T>(detail::products_for(self()));
+  }
 
   /// Validates q, k, v and the options; returns the output shape [B, H, Nq, D].
   template <class Q, class K, class V>
@@ -91,6 +127,7 @@ class Attention {
     const Shape4 s = detail::check_qkv(Derived::kName, qv, kv, vv, Derived::kCapabilities.cross_attention);
     if (!Derived::kCapabilities.causal && f.causal)
       detail::fail(Derived::kName, "causal = true is not supported: ", Derived::kCapabilities.no_causal_reason);
+    detail::check_math<T>(Derived::kName, f.math);
     f.check_options(s, shape_of(kv));
     return s;
   }

@@ -31,7 +31,7 @@ inline namespace SOFTFREE_ISA {
 /// The flash Score of SoftGaussian: the exponents from the product's epilogue, then the weights.
 template <class Acc>
 class GaussianScore {
-  static constexpr Index kBlockQ = FlashBlock<Acc>::kBlockQ, kBlockK = FlashBlock<Acc>::kBlockK;
+  static constexpr Index kBlockQ = kFlashBlockQ<Acc>, kBlockK = kFlashBlockK;
 
  public:
   explicit GaussianScore(Index d)
@@ -61,11 +61,12 @@ class GaussianScore {
 
 template <class T>
 struct Kernel<SoftGaussian<T>> {
+  static constexpr bool kBf16Products = true;
   static NoReport forward(const SoftGaussian<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
                           const ConstView4<T>& v, const View4<T>& out) {
     const Index d = shape_of(q).D, nk = shape_of(k).N;
     flash_attention(
-        f.parallel, q, k, v, out, [d] { return GaussianScore<accum_t<T>>(d); },
+        f.parallel, products_for(f).kind, q, k, v, out, [d] { return GaussianScore<accum_t<T>>(d); },
         [nk](GaussianScore<accum_t<T>>&, const WorkGrid::Item&) { return nk; });
     return {};
   }

@@ -1,77 +1,187 @@
 #pragma once
 // The flash query block, shared by every attention whose weights come tile by tile from a score
 // product (SoftmaxAttention, SoftGaussian): a block of up to kBlockQ queries is kept transposed
-// and scaled (QT, D x bq: packets run along queries), and meets the keys in tiles of kBlockK.
-// Per tile, the score product ST = K QT (keys x queries) goes through the register-blocked gemm
-// with the method's epilogue, the method's Score turns ST into weights (and may rescale the
-// accumulator), and OT += V^T ST accumulates the block's D x bq output. Per-query reductions over
-// keys (a running max and sum) are plain packet operations down ST's columns, with no horizontal
+// (QT, D x bq: packets run along queries), and meets the keys in tiles of kBlockK. Per tile, the
+// score product ST = s K QT (keys x queries) goes through the register-blocked gemm with the
+// method's epilogue, the method's Score turns ST into weights (and may rescale the accumulator),
+// and OT += V^T ST accumulates the block's D x bq output. Per-query reductions over keys (a
+// running max and sum) are plain packet operations down ST's columns, with no horizontal
 // reduction. No N x N matrix exists: memory is O(N D) plus one tile per thread.
 //
+// The two products come from a Products policy: AccumProducts (the accumulate type; s folded
+// into QT) or PairProducts (bf16 pairs accumulated in float, s applied to the sums), chosen per
+// call (select.hpp). Scores see float tiles either way.
+//
 // A Score provides:
-//   Acc query_scale() const;                      // folded into QT once
+//   Acc query_scale() const;                      // s
 //   void begin(const ConstMatrixMap<Acc>& q);      // the block's queries (rows x D), before any tile
 //   C tile_output(Acc* st, Index bq, const Acc* kt, Index nj);  // gemm epilogue writing ST
 //   Index weigh(Acc* st, Index bq, Index nj, Index j0, Acc* ot, Index d);
 //       // ST -> weights in place; returns how many leading keys of the tile every query sees
 //   Index hidden(Index key) const;                // for the rest: queries [0, hidden) skip it
 //   Acc row_factor(Index r) const;                // scale of output row r at the end
+// The queries and keys a Score sees are the products' operands (for bf16 products, rounded).
 #include <algorithm>
 
 #include "../schedule.hpp"
 #include "convert.hpp"
 #include "gemm.hpp"
+#include "pairs.hpp"
+#include "select.hpp"
 
 namespace softfree {
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
+// Four packets of queries (64 with AVX-512 float), kept transposed in L1 with the D x 64
+// accumulator; 128-key tiles, so a score tile (32 KiB) stays in L1 too.
 template <class Acc>
-class FlashBlock {
+constexpr Index kFlashBlockQ = 4 * kLanes<Acc>;
+constexpr Index kFlashBlockK = 128;
+
+/// The flash block's two products on accumulate-type operands: QT scaled in the accumulate type,
+/// K and V as loaded (converted once per head and thread).
+template <class T>
+class AccumProducts {
  public:
-  // Four packets of queries (64 with AVX-512 float), kept transposed in L1 with the D x 64
-  // accumulator; 128-key tiles, so a score tile (32 KiB) stays in L1 too.
-  static constexpr Index kBlockQ = 4 * kLanes<Acc>;
-  static constexpr Index kBlockK = 128;
+  using Storage = T;
+  using Acc = accum_t<T>;
+  static constexpr Index kBlockQ = kFlashBlockQ<Acc>;
   // 4 x 4 packets = 16 accumulators: enough independent FMA chains to cover the latency on two
   // FMA ports, and registers left for the operands even with 16 (AVX2).
   using Tile = Tiling<4, 4>;
 
-  explicit FlashBlock(Index d)
-      : d_(d), qt_(static_cast<size_t>(d * kBlockQ)), ot_(qt_.size()), st_(static_cast<size_t>(kBlockK * kBlockQ)) {}
+  void bind(const T* k, const T* v, Index nk, Index d) {
+    k_ = load_k_(k, nk, d).data();
+    v_ = load_v_(v, nk, d).data();
+    d_ = d;
+  }
+  const Acc* keys() const { return k_; }
+  const Acc* values() const { return v_; }
 
-  /// Queries q (rows <= kBlockQ, D columns) against keys and values [0, key_end) of k and v
-  /// (contiguous rows of D), written to out (rows of D, storage type) through tile.
-  template <class Score, class T>
-  void run(Score& score, const ConstMatrixMap<Acc>& q, const Acc* k, const Acc* v, Index key_end,
-           OutputTile<T>& tile, T* out) {
-    constexpr Index bq = kBlockQ;
-    const Index d = d_, rows = q.rows();
-    const Acc s = score.query_scale();
-    Acc *qt = qt_.data(), *ot = ot_.data(), *st = st_.data();
-    for (Index c = 0; c < d; ++c) {
-      for (Index r = 0; r < rows; ++r) qt[c * bq + r] = q(r, c) * s;
-      std::fill(qt + c * bq + rows, qt + (c + 1) * bq, Acc(0));  // padding queries: harmless zeros
+  /// The block's queries (rows x d) as loaded; QT = s q^T for the score product.
+  ConstMatrixMap<Acc> queries(const T* src, Index rows, Acc s) {
+    const auto q = load_q_(src, rows, d_);
+    Acc* qt = reserve(qt_, d_ * kBlockQ);
+    for (Index c = 0; c < d_; ++c) {
+      for (Index r = 0; r < rows; ++r) qt[c * kBlockQ + r] = q(r, c) * s;
+      std::fill(qt + c * kBlockQ + rows, qt + (c + 1) * kBlockQ, Acc(0));  // padding queries: harmless zeros
     }
-    score.begin(q);
-    std::fill(ot_.begin(), ot_.end(), Acc(0));
+    return q;
+  }
+  /// ST (nj keys from j0, x kBlockQ) through the epilogue c.
+  template <class C>
+  void scores(Index j0, Index nj, const C& c) const {
+    gemm<Tile>(nj, kBlockQ, d_, StridedA<Acc>{k_ + j0 * d_, d_, 1}, RowsB<Acc>{qt_.data(), kBlockQ}, c);
+  }
+  /// OT += V^T W for the first `dense` keys of the tile (of nj); returns how many it took (all).
+  Index weighted_values(Acc* w, Index j0, Index dense, Index, Acc* ot) {
+    gemm<Tile>(d_, kBlockQ, dense, StridedA<Acc>{v_ + j0 * d_, 1, d_}, RowsB<Acc>{w, kBlockQ}, AddC<Acc>{ot, kBlockQ});
+    return dense;
+  }
+
+ private:
+  TileLoader<T> load_q_, load_k_, load_v_;
+  AlignedBuffer<Acc> qt_;
+  const Acc *k_ = nullptr, *v_ = nullptr;
+  Index d_ = 0;
+};
+
+/// The flash block's two products on bf16 pairs (pairs.hpp), accumulated in float: K packed once
+/// per head along D, V^T once per head along the keys, Q^T per block, each weight tile rounded to
+/// bf16 after its exponent. The score scale is applied to the float sums (ScaledC).
+template <class T, class Ops>
+class PairProducts {
+ public:
+  using Storage = T;
+  using Acc = float;
+  static constexpr Index kBlockQ = kFlashBlockQ<float>;
+  using Tile = Tiling<4, 4>;
+
+  void bind(const T* k, const T* v, Index nk, Index d) {
+    const bool same = k == k_src_ && v == v_src_ && nk == nk_ && d == d_;
+    k_ = load_k_(k, nk, d).data();
+    v_ = load_v_(v, nk, d).data();
+    if (same) return;
+    k_src_ = k, v_src_ = v, nk_ = nk, d_ = d, dp_ = pairs_of(d), vp_ld_ = pairs_of(nk);
+    pack_rows(k_, nk, d, reserve(kp_, nk * dp_), dp_);
+    pack_columns(v_, nk, d, d, reserve(vp_, d * vp_ld_), vp_ld_);
+  }
+  const float* keys() const { return k_; }
+  const float* values() const { return v_; }
+
+  ConstMatrixMap<float> queries(const T* src, Index rows, float s) {
+    const auto q = load_q_(src, rows, d_);
+    PairWord* qp = reserve(qp_, dp_ * kBlockQ);
+    std::fill(qp, qp + dp_ * kBlockQ, PairWord(0));  // padding queries: zeros
+    for (Index r = 0; r < rows; ++r)
+      for (Index t = 0; t < dp_; ++t)
+        qp[t * kBlockQ + r] = pair_word(q(r, 2 * t), 2 * t + 1 < d_ ? q(r, 2 * t + 1) : 0.0f);
+    s_ = s;
+    return q;
+  }
+  template <class C>
+  void scores(Index j0, Index nj, const C& c) const {
+    gemm_pairs<Tile>(nj, kBlockQ, dp_, PairA{kp_.data() + j0 * dp_, dp_, 1}, PairRowsB<Ops>{qp_.data(), kBlockQ},
+                     ScaledC<C>{c, s_, 1.0f / s_});
+  }
+  /// OT += V^T W over whole pairs of the first `dense` keys; returns how many keys that is (an odd
+  /// last one is left to the caller: its pair partner may be a hidden key whose value must not be
+  /// touched, not even by a zero weight). The weights of the keys left (of nj) are rounded to bf16
+  /// in place, so every weight is, whatever the key count's parity.
+  Index weighted_values(float* w, Index j0, Index dense, Index nj, float* ot) {
+    const Index pairs = dense / 2;
+    round_to_bf16(w + 2 * pairs * kBlockQ, (nj - 2 * pairs) * kBlockQ);
+    PairWord* wp = reserve(wp_, pairs * kBlockQ);
+    pack_row_pairs<Ops>(w, 2 * pairs, kBlockQ, kBlockQ, wp, kBlockQ);
+    gemm_pairs<Tile>(d_, kBlockQ, pairs, PairA{vp_.data() + j0 / 2, vp_ld_, 1}, PairRowsB<Ops>{wp, kBlockQ},
+                     AddC<float>{ot, kBlockQ});
+    return 2 * pairs;
+  }
+
+ private:
+  Bf16Loader<T> load_q_, load_k_, load_v_;
+  AlignedBuffer<PairWord> kp_, vp_, qp_, wp_;
+  const float *k_ = nullptr, *v_ = nullptr;
+  const T *k_src_ = nullptr, *v_src_ = nullptr;
+  Index nk_ = 0, d_ = 0, dp_ = 0, vp_ld_ = 0;
+  float s_ = 1;
+};
+
+/// One query block against its keys, through the products of Prod (AccumProducts or
+/// PairProducts) and the method's Score.
+template <class Prod>
+class FlashBlock {
+  using T = typename Prod::Storage;
+  using Acc = typename Prod::Acc;
+
+ public:
+  static constexpr Index kBlockQ = Prod::kBlockQ, kBlockK = kFlashBlockK;
+
+  /// Binds the head's keys and values (nk rows of d), converted or packed once per head.
+  void bind(const T* k, const T* v, Index nk, Index d) {
+    products_.bind(k, v, nk, d);
+    d_ = d;
+  }
+
+  /// Queries q (rows <= kBlockQ of D) against the bound keys and values [0, key_end), written
+  /// to out (rows of D) through tile.
+  template <class Score>
+  void run(Score& score, const T* q, Index rows, Index key_end, OutputTile<T>& tile, T* out) {
+    constexpr Index bq = kBlockQ;
+    const Index d = d_;
+    Acc *ot = reserve(ot_, d * bq), *st = reserve(st_, kBlockK * bq);
+    score.begin(products_.queries(q, rows, score.query_scale()));
+    std::fill(ot, ot + d * bq, Acc(0));
     for (Index j0 = 0; j0 < key_end; j0 += kBlockK) {
       const Index nj = std::min(kBlockK, key_end - j0);
-      const Acc *kt = k + j0 * d, *vt = v + j0 * d;
-      gemm<Tile>(nj, bq, d, StridedA<Acc>{kt, d, 1}, RowsB<Acc>{qt, bq}, score.tile_output(st, bq, kt, nj));
+      products_.scores(j0, nj, score.tile_output(st, bq, products_.keys() + j0 * d, nj));
       const Index dense = score.weigh(st, bq, nj, j0, ot, d);
-      gemm<Tile>(d, bq, dense, StridedA<Acc>{vt, 1, d}, RowsB<Acc>{st, bq}, AddC<Acc>{ot, bq});
+      const Index done = products_.weighted_values(st, j0, dense, nj, ot);
       // Keys past `dense` skip their hidden queries instead of weighting them by 0, so a NaN or
       // inf in a hidden value (say, an unused slot of a KV cache) never reaches an earlier row.
-      for (Index j = dense; j < nj; ++j) {
-        const Index from = score.hidden(j0 + j);
-        const Acc* p = st + j * bq;
-        for (Index c = 0; c < d; ++c) {
-          const Acc x = vt[j * d + c];
-          Acc* o = ot + c * bq;
-          for (Index i = from; i < bq; ++i) o[i] += x * p[i];
-        }
-      }
+      for (Index j = done; j < nj; ++j)
+        add_key(st + j * bq, products_.values() + (j0 + j) * d, j < dense ? 0 : score.hidden(j0 + j), ot);
     }
     Acc* o = tile.begin(out, rows, d);
     for (Index r = 0; r < rows; ++r) {
@@ -82,31 +192,46 @@ class FlashBlock {
   }
 
  private:
-  Index d_;
-  AlignedBuffer<Acc> qt_, ot_, st_;
+  /// OT[c][i] += v[c] w[i] for queries i >= from.
+  void add_key(const Acc* w, const Acc* v, Index from, Acc* ot) const {
+    for (Index c = 0; c < d_; ++c)
+      for (Index i = from; i < kBlockQ; ++i) ot[c * kBlockQ + i] += v[c] * w[i];
+  }
+
+  Prod products_;
+  Index d_ = 0;
+  AlignedBuffer<Acc> ot_, st_;
 };
 
-/// A whole flash attention call: one item per block of kBlockQ query rows of one head. Each thread
-/// builds its Score with make_score(); prepare(score, item) readies it for an item and returns how
-/// many keys (from key 0) that block may see.
-template <class T, class MakeScore, class Prepare>
-void flash_attention(const Parallel& par, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
-                     const View4<T>& out, const MakeScore& make_score, const Prepare& prepare) {
-  using Block = FlashBlock<accum_t<T>>;
+/// A whole flash attention call through products Prod: one item per block of kBlockQ query rows
+/// of one head. Each thread builds its Score with make_score(); prepare(score, item) readies it
+/// for an item and returns how many keys (from key 0) that block may see.
+template <class Prod, class T, class MakeScore, class Prepare>
+void flash_run(const Parallel& par, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
+               const View4<T>& out, const MakeScore& make_score, const Prepare& prepare) {
+  using Block = FlashBlock<Prod>;
   const Shape4 sq = shape_of(q);
   const Index nk = shape_of(k).N, d = sq.D;
   for_each_item(par, WorkGrid{sq.B, sq.H, sq.N, Block::kBlockQ}, [&] {
-    return [&, block = Block(d), score = make_score(), load_q = TileLoader<T>(), load_k = TileLoader<T>(),
-            load_v = TileLoader<T>(), tile = OutputTile<T>()](const WorkGrid::Item& it) mutable {
-      // Half and bfloat16 keys and values are converted once per head per thread and reused by
-      // every query block of that head (the loader keeps the last head it converted).
-      const auto kh = load_k(head(k, it.b, it.h).data(), nk, d);
-      const auto vh = load_v(head(v, it.b, it.h).data(), nk, d);
+    return [&, block = Block(), score = make_score(), tile = OutputTile<T>()](const WorkGrid::Item& it) mutable {
+      // Keys and values are converted (packed) once per head per thread and reused by every
+      // query block of that head: the block keeps the last head it bound.
+      block.bind(head(k, it.b, it.h).data(), head(v, it.b, it.h).data(), nk, d);
       const Index key_end = prepare(score, it);
-      block.run(score, load_q(head(q, it.b, it.h).data() + it.r0 * d, it.rows, d), kh.data(), vh.data(), key_end,
-                tile, head(out, it.b, it.h).data() + it.r0 * d);
+      block.run(score, head(q, it.b, it.h).data() + it.r0 * d, it.rows, key_end, tile,
+                head(out, it.b, it.h).data() + it.r0 * d);
     };
   });
+}
+
+/// flash_run with the products `kind` selects (select.hpp).
+template <class T, class MakeScore, class Prepare>
+void flash_attention(const Parallel& par, Products kind, const ConstView4<T>& q, const ConstView4<T>& k,
+                     const ConstView4<T>& v, const View4<T>& out, const MakeScore& make_score, const Prepare& prepare) {
+  if constexpr (kHavePairOps && std::is_same<accum_t<T>, float>::value) {
+    if (kind == Products::bf16_pairs) return flash_run<PairProducts<T, PairOps>>(par, q, k, v, out, make_score, prepare);
+  }
+  flash_run<AccumProducts<T>>(par, q, k, v, out, make_score, prepare);
 }
 
 }  // namespace SOFTFREE_ISA

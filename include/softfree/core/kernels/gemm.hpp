@@ -12,6 +12,8 @@
 //   AddC (C += A B), or a method's own (SOFT starts from the Gaussian's norm terms and stores
 //   exp2 of the sums): init<P>(r, col) and store(r, col, acc) per packet, and at(r0, c0), the
 //   same policy moved to a block's corner.
+// - The multiply-add is the B policy's Ops: FmaOps (one FMA per depth step, float or double), or
+//   a product backend's pair ops (two bf16 values per depth step: pairs.hpp).
 // - Tiling<NP, RJ, MaxRJ> sets the register block: RJ rows by NP packets of columns, the
 //   accumulators in registers across the whole depth; a remainder of whole packets takes one
 //   narrower block with up to MaxRJ rows, then half packets and scalars finish the columns (so
@@ -47,6 +49,24 @@ using GeneralTiling = Tiling<4, 6, 12>;
 // C cannot alias them), and each block works on copies moved to its corner (rows_from, cols_from,
 // at), so addresses inside a block are a base plus compile-time offsets.
 
+/// The multiply-add of float and double products: A broadcast, B loaded a packet at a time, one
+/// FMA per depth step. The B policy names its Ops, so a product on other operands (bf16 pairs,
+/// pairs.hpp) runs through the same blocks with another multiply-add.
+struct FmaOps {
+  template <class P, class Acc>
+  static EIGEN_ALWAYS_INLINE P load(const Acc* row, int p) {
+    return ei::ploadu<P>(row + p * lanes<P>());
+  }
+  template <class P, class Acc>
+  static EIGEN_ALWAYS_INLINE P bcast(Acc a) {
+    return ei::pset1<P>(a);
+  }
+  template <class P>
+  static EIGEN_ALWAYS_INLINE P madd(const P& a, const P& b, const P& acc) {
+    return ei::pmadd(a, b, acc);
+  }
+};
+
 /// A(r, t) = a[r * ar + t * at].
 template <class Acc>
 struct StridedA {
@@ -67,6 +87,7 @@ struct PackedA {
 /// B row-major: row t at b + t * ldb.
 template <class Acc>
 struct RowsB {
+  using Ops = FmaOps;
   const Acc* b;
   Index ldb;
   EIGEN_ALWAYS_INLINE const Acc* row(Index t) const { return b + t * ldb; }
@@ -76,6 +97,7 @@ struct RowsB {
 /// B with row t at rows[t] + off.
 template <class Acc>
 struct TableB {
+  using Ops = FmaOps;
   const Acc* const* rows;
   Index off;
   EIGEN_ALWAYS_INLINE const Acc* row(Index t) const { return rows[t] + off; }
@@ -123,13 +145,15 @@ EIGEN_ALWAYS_INLINE void gemm_block(Index depth, const A a, const B b, const C c
   P acc[RJ][NP];
   for (int r = 0; r < RJ; ++r)
     for (int p = 0; p < NP; ++p) acc[r][p] = c.template init<P>(r, p * L);
+  using Ops = typename B::Ops;
+  using X = decltype(Ops::template load<P>(b.row(0), 0));
   for (Index t = 0; t < depth; ++t) {
     const auto* bt = b.row(t);
-    P x[NP];
-    for (int p = 0; p < NP; ++p) x[p] = ei::ploadu<P>(bt + p * L);
+    X x[NP];
+    for (int p = 0; p < NP; ++p) x[p] = Ops::template load<P>(bt, p);
     for (int r = 0; r < RJ; ++r) {
-      const P ab = ei::pset1<P>(a(r, t));
-      for (int p = 0; p < NP; ++p) acc[r][p] = ei::pmadd(ab, x[p], acc[r][p]);
+      const auto ab = Ops::template bcast<P>(a(r, t));
+      for (int p = 0; p < NP; ++p) acc[r][p] = Ops::madd(ab, x[p], acc[r][p]);
     }
   }
   for (int r = 0; r < RJ; ++r)

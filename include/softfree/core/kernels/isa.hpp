@@ -42,9 +42,14 @@
 #define SOFTFREE_ISA_F16C
 #endif
 
-#if defined(__AVX512BF16__) && defined(__AVX512DQ__) && defined(EIGEN_VECTORIZE_AVX512)
+// AVX512-BF16 as the kernels use it: its conversions (with DQ's fpclass) and its dot products
+// (with BW's word permutes).
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(EIGEN_VECTORIZE_AVX512) && \
+    !defined(EIGEN_DONT_VECTORIZE)
+#define SOFTFREE_HAVE_AVX512_BF16 1
 #define SOFTFREE_ISA_BF16 _bf16
 #else
+#define SOFTFREE_HAVE_AVX512_BF16 0
 #define SOFTFREE_ISA_BF16
 #endif
 
