@@ -59,6 +59,17 @@ struct GaussianExponentC {
   }
 };
 
+/// GaussianExponentC that stores the weights themselves: for products whose register block
+/// leaves room for exp2's constants (LandmarkKernel's, whose tiles go to memory once, not twice).
+template <class Acc>
+struct GaussianWeightC : GaussianExponentC<Acc> {
+  template <class P>
+  EIGEN_ALWAYS_INLINE void store(Index r, Index col, const P& acc) const {
+    ei::pstoreu(this->c + r * this->ldc + col, gaussian_weight(acc));
+  }
+  EIGEN_ALWAYS_INLINE GaussianWeightC at(Index r0, Index c0) const { return {GaussianExponentC<Acc>::at(r0, c0)}; }
+};
+
 /// Exponents to weights in place: rows x cols at c (leading dimension ldc).
 template <class Acc>
 void gaussian_weights(Acc* c, Index rows, Index cols, Index ldc) {

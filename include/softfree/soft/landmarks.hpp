@@ -170,8 +170,7 @@ class LandmarkKernel {
     Acc *w = dst ? dst : w_.data(), *xn = xn_.data();
     gaussian_norms(x, rows, d_, d_, s_, xn);
     gemm<GeneralTiling>(rows, ml_, d_, StridedA<Acc>{x, d_, 1}, RowsB<Acc>{lt, ml_},
-                        GaussianExponentC<Acc>{w, ld_, xn, ln});
-    gaussian_weights(w, rows, ml_, ld_);
+                        GaussianWeightC<Acc>{{w, ld_, xn, ln}});
     for (Index i = ml_; i < m_; ++i) {  // the landmarks past the packet product: packets along tokens
       Acc* dots = dots_.data();
       gemm_dot(rows, 1, d_, x, d_, ls + i * d_, d_, StoreC<Acc>{dots, 1});
