@@ -261,21 +261,17 @@ TYPED_TEST(Bf16Accuracy, BfloatStorageAutomatic) {
   record("worst_tensor", worst_tensor);
 }
 
-// (b) float storage, Math::bf16: against the reference on the caller's inputs (the issue's bound),
-// against the reference on the inputs rounded to bf16 (the kernel's own error), and the same as
-// bfloat16 storage of the rounded inputs up to the output rounding, exactly: both run the same
-// operands through the same pair kernel, and bfloat16 storage only rounds the float result once
-// (nearest even, as static_cast).
-TYPED_TEST(Bf16Accuracy, FloatStorageBf16Math) {
-  using M = TypeParam;
+// (b), (c): storage S (float or half) with Math::bf16, every case: against the reference on the
+// caller's inputs (the issue's bound) and on the inputs rounded to bf16 (the kernel's own error,
+// within tol), then the storage's own equivalence, equivalent(c, q, k, v, qb, kb, vb, got, at).
+template <class M, class S, class Equivalent>
+void check_bf16_math(unsigned seed, double tol, const Equivalent& equivalent) {
   double worst_orig = 0, worst_row = 0, worst_tensor = 0;
-  unsigned seed = 40;
   for (const Case& c : accuracy_cases<M>()) {
-    const auto q = random_tensor<float>(c.B, c.H, c.nq, c.D, seed++),
-               k = random_tensor<float>(c.B, c.H, c.nk, c.D, seed++),
-               v = random_tensor<float>(c.B, c.H, c.nk, c.D, seed++, 0.0, 1.0);
+    const auto q = random_tensor<S>(c.B, c.H, c.nq, c.D, seed++), k = random_tensor<S>(c.B, c.H, c.nk, c.D, seed++),
+               v = random_tensor<S>(c.B, c.H, c.nk, c.D, seed++, 0.0, 1.0);
     const std::string at = shape_text(c.B, c.H, c.nq, c.nk, c.D, c.opts);
-    const auto f = make<M, float>(c.opts, Math::bf16);
+    const auto f = make<M, S>(c.opts, Math::bf16);
     ASSERT_TRUE(f.backend().native_bf16) << f.backend().reason;
     const auto got = f(q, k, v);
     const auto ref = reference(f, q, k, v);
@@ -285,53 +281,42 @@ TYPED_TEST(Bf16Accuracy, FloatStorageBf16Math) {
     const auto qb = cast_tensor<bf16>(q), kb = cast_tensor<bf16>(k), vb = cast_tensor<bf16>(v);
     const auto ref_rounded = reference(f, qb, kb, vb);
     double w = 0;
-    EXPECT_TRUE(close_to_ref(got, ref_rounded, kFloatStorage)) << at;
-    EXPECT_TRUE(close_to_ref_rows(got, ref_rounded, kFloatStorage, 1e-30, &w)) << at;
+    EXPECT_TRUE(close_to_ref(got, ref_rounded, tol)) << at;
+    EXPECT_TRUE(close_to_ref_rows(got, ref_rounded, tol, 1e-30, &w)) << at;
     worst_row = std::max(worst_row, w);
     worst_tensor = std::max(worst_tensor, rel_error(got, ref_rounded));
-
-    const auto fb = make<M, bf16>(c.opts, Math::automatic);
-    EXPECT_TRUE(rounds_to(got, fb(qb, kb, vb))) << "float storage + Math::bf16 against bfloat16 storage " << at;
+    equivalent(c, q, k, v, qb, kb, vb, got, at);
   }
   record("worst_tensor_vs_original_inputs", worst_orig);
   record("worst_row_vs_rounded_inputs", worst_row);
   record("worst_tensor_vs_rounded_inputs", worst_tensor);
 }
 
+// (b) float storage, Math::bf16: the same as bfloat16 storage of the rounded inputs up to the
+// output rounding, exactly: both run the same operands through the same pair kernel, and
+// bfloat16 storage only rounds the float result once (nearest even, as static_cast).
+TYPED_TEST(Bf16Accuracy, FloatStorageBf16Math) {
+  using M = TypeParam;
+  check_bf16_math<M, float>(40, kFloatStorage, [](const Case& c, const auto&, const auto&, const auto&, const auto& qb,
+                                                  const auto& kb, const auto& vb, const auto& got, const std::string& at) {
+    const auto fb = make<M, bf16>(c.opts, Math::automatic);
+    EXPECT_TRUE(rounds_to(got, fb(qb, kb, vb))) << "float storage + Math::bf16 against bfloat16 storage " << at;
+  });
+}
+
 // (c) half storage, Math::bf16: as (b); half storage of half values equals float storage of the
 // same values rounded to half (same operands, same kernel, one rounding of the output).
 TYPED_TEST(Bf16Accuracy, HalfStorageBf16Math) {
   using M = TypeParam;
-  double worst_orig = 0, worst_row = 0, worst_tensor = 0;
-  unsigned seed = 70;
-  for (const Case& c : accuracy_cases<M>()) {
-    const auto q = random_tensor<half>(c.B, c.H, c.nq, c.D, seed++), k = random_tensor<half>(c.B, c.H, c.nk, c.D, seed++),
-               v = random_tensor<half>(c.B, c.H, c.nk, c.D, seed++, 0.0, 1.0);
-    const std::string at = shape_text(c.B, c.H, c.nq, c.nk, c.D, c.opts);
-    const auto f = make<M, half>(c.opts, Math::bf16);
-    ASSERT_TRUE(f.backend().native_bf16) << f.backend().reason;
-    const auto got = f(q, k, v);
-    const auto ref = reference(f, q, k, v);
-    EXPECT_TRUE(close_to_ref(got, ref, kIssueBound)) << at;
-    worst_orig = std::max(worst_orig, rel_error(got, ref));
-
-    const auto qb = cast_tensor<bf16>(q), kb = cast_tensor<bf16>(k), vb = cast_tensor<bf16>(v);
-    const auto ref_rounded = reference(f, qb, kb, vb);
-    double w = 0;
-    EXPECT_TRUE(close_to_ref(got, ref_rounded, kHalfStorage)) << at;
-    EXPECT_TRUE(close_to_ref_rows(got, ref_rounded, kHalfStorage, 1e-30, &w)) << at;
-    worst_row = std::max(worst_row, w);
-    worst_tensor = std::max(worst_tensor, rel_error(got, ref_rounded));
-
+  check_bf16_math<M, half>(70, kHalfStorage, [](const Case& c, const auto& q, const auto& k, const auto& v,
+                                                const auto& qb, const auto& kb, const auto& vb, const auto& got,
+                                                const std::string& at) {
     const auto ff = make<M, float>(c.opts, Math::bf16);
     const auto as_float = ff(cast_tensor<float>(q), cast_tensor<float>(k), cast_tensor<float>(v));
     EXPECT_TRUE(rounds_to(as_float, got)) << "half storage against float storage of the same values " << at;
     EXPECT_TRUE(rounds_to(as_float, make<M, bf16>(c.opts, Math::automatic)(qb, kb, vb)))
         << "float storage + Math::bf16 against bfloat16 storage " << at;
-  }
-  record("worst_tensor_vs_original_inputs", worst_orig);
-  record("worst_row_vs_rounded_inputs", worst_row);
-  record("worst_tensor_vs_rounded_inputs", worst_tensor);
+  });
 }
 
 // The weights are rounded to nearest, not truncated: the per-row bounds above allow u per
@@ -638,17 +623,6 @@ TEST_F(Bf16Stability, GaussianLargeKeys) {
 // ------------------------------------------------------------------ masking on the pairs
 
 class Bf16Masking : public PairBackend {};
-
-// Rows 0 .. last of every slice of a and b are bitwise equal.
-template <class T>
-bool rows_bitwise_equal(const Tensor4<T>& a, const Tensor4<T>& b, Index last) {
-  for (Index bb = 0; bb < a.dimension(0); ++bb)
-    for (Index h = 0; h < a.dimension(1); ++h)
-      for (Index i = 0; i <= last; ++i)
-        for (Index d = 0; d < a.dimension(3); ++d)
-          if (std::memcmp(&a(bb, h, i, d), &b(bb, h, i, d), sizeof(T)) != 0) return false;
-  return true;
-}
 
 // Causal: a NaN and an inf in value row j (and, second, a NaN in key row j too) must not reach
 // rows < j, which stay bitwise what they were. The positions cover the pairs' special cases with

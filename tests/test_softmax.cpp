@@ -171,17 +171,6 @@ void perturb_from(Tensor4<T>& k, Tensor4<T>& v, Index first, Index b_only, unsig
   }
 }
 
-// Rows 0 .. last of every slice of a and b are bitwise equal.
-template <class T>
-bool rows_bitwise_equal(const Tensor4<T>& a, const Tensor4<T>& b, Index last) {
-  for (Index bb = 0; bb < a.dimension(0); ++bb)
-    for (Index h = 0; h < a.dimension(1); ++h)
-      for (Index i = 0; i <= last; ++i)
-        for (Index d = 0; d < a.dimension(3); ++d)
-          if (std::memcmp(&a(bb, h, i, d), &b(bb, h, i, d), sizeof(T)) != 0) return false;
-  return true;
-}
-
 template <class T>
 void check_causality() {
   SoftmaxAttention<T> attn;

@@ -186,11 +186,9 @@ struct Kernel<SimA<T>> {
                           const View4<T>& out) {
     const Shape4 sq = shape_of(q), sk = shape_of(k);
     const SimAOrder how = f.resolved_order(sq.N, sk.N, sq.D);
-    if constexpr (kHavePairOps && std::is_same<accum_t<T>, float>::value) {
-      if (how == SimAOrder::KVFirst && products_for(f).kind == Products::bf16_pairs)
-        return run<SimAHead<T, true>>(f, how, q, k, v, out);
-    }
-    return run<SimAHead<T>>(f, how, q, k, v, out);
+    // The short-sequence order has no pair kernel.
+    const Products kind = how == SimAOrder::KVFirst ? products_for(f).kind : Products::accum;
+    return with_products<T>(kind, [&](auto pairs) { return run<SimAHead<T, decltype(pairs)::value>>(f, how, q, k, v, out); });
   }
 
   template <class Head>

@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 
 #include "../core/attention.hpp"
 #include "../core/parallel.hpp"
@@ -147,6 +148,7 @@ class AftFullRows {
   using Acc = accum_t<T>;
   static constexpr Index kMR = AftFullBias<Acc>::kMR, kKC = AftFullBias<Acc>::kKC;
   static constexpr int kNP = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 4 : 2;
+  using TableWord = std::conditional_t<Pairs, PairWord, Acc>;  // of the packed exp(w)
 
  public:
   // Query rows per work item: X is rebuilt per item (kend x D exponentials against 2 kRows kend D
@@ -168,8 +170,11 @@ class AftFullRows {
     const Index kend = f.causal ? i0 + it.rows : n;
     for (Index i = 0; i < it.heads; ++i) key_max(head(k, it.b, it.h + i).data(), kend, i);
     std::fill(acc_.begin(), acc_.end(), Acc(0));
-    const void* packed = Pairs ? static_cast<const void*>(bias.packed_pairs(f.causal) + slot * bias.pairs_words(n))
-                               : bias.packed(f.causal) + slot * ((n + kMR - 1) / kMR) * n * kMR;
+    const TableWord* packed;
+    if constexpr (Pairs)
+      packed = bias.packed_pairs(f.causal) + slot * bias.pairs_words(n);
+    else
+      packed = bias.packed(f.causal) + slot * ((n + kMR - 1) / kMR) * n * kMR;
     for (Index j0 = 0; j0 < kend; j0 += kKC)
       for (Index i = 0; i < it.heads; ++i)
         accumulate(f.causal, packed, n, j0, std::min(kKC, kend - j0), head(k, it.b, it.h + i).data() + j0 * d_,
@@ -205,7 +210,7 @@ class AftFullRows {
 
   // [num | den] of head i += exp(w) rows of the item x X of keys [j0, j0 + kc) (kp, vp: those
   // keys' rows). table: the slot's packed exp(w) (floats, or pair words when Pairs).
-  void accumulate(bool causal, const void* table, Index n, Index j0, Index kc, const T* kp, const T* vp, Index i,
+  void accumulate(bool causal, const TableWord* table, Index n, Index j0, Index kc, const T* kp, const T* vp, Index i,
                   const WorkGrid::Item& it) {
     constexpr Index L = kLanes<Acc>;
     const Index d = d_, ldx = ldx_, ng = (n + kMR - 1) / kMR, chunk = std::min(kKC, n - j0);
@@ -246,11 +251,11 @@ class AftFullRows {
         if constexpr (Pairs) {
           // This chunk's group g: [pairs_of(chunk)][kMR] words; a pair past kg meets zeros in the
           // table (causal) or in X's padding.
-          const PairWord* a = static_cast<const PairWord*>(table) + j0 / 2 * ng * kMR + g * pairs_of(chunk) * kMR;
+          const PairWord* a = table + j0 / 2 * ng * kMR + g * pairs_of(chunk) * kMR;
           gemm_pairs<Tiling<kNP, kMR>>(kMR, panels[pi].width, pairs_of(kg), PairA{a, 1, kMR},
                                        PairRowsB<PairOps>{xp[pi], panels[pi].width}, c);
         } else {
-          const Acc* a = static_cast<const Acc*>(table) + j0 * ng * kMR + g * chunk * kMR;
+          const Acc* a = table + j0 * ng * kMR + g * chunk * kMR;
           gemm<Tiling<kNP, kMR>>(kMR, panels[pi].width, kg, PackedA<Acc, kMR>{a}, RowsB<Acc>{panels[pi].b, panels[pi].ldb}, c);
         }
       }
@@ -290,10 +295,8 @@ struct Kernel<AftFull<T>> {
                           const View4<T>& out) {
     const AftFullBias<accum_t<T>>* bias = f.bias_.get();
     if (!bias) return aft_simple_forward(f.causal, f.parallel, q, k, v, out);
-    if constexpr (kHavePairOps && std::is_same<accum_t<T>, float>::value) {
-      if (products_for(f).kind == Products::bf16_pairs) return run<AftFullRows<T, true>>(f, *bias, q, k, v, out);
-    }
-    return run<AftFullRows<T>>(f, *bias, q, k, v, out);
+    return with_products<T>(products_for(f).kind,
+                            [&](auto pairs) { return run<AftFullRows<T, decltype(pairs)::value>>(f, *bias, q, k, v, out); });
   }
 
   // One item = kRows query rows of every head that shares a bias slot (all H heads for a shared

@@ -17,8 +17,8 @@
 // and its kernel as a specialisation of detail::Kernel<Method> beside it (see below), so the
 // functor holds configuration only and the kernel lives in the ISA-tagged namespace
 // (core/kernels/isa.hpp). A kernel with bf16 products says so with `static constexpr bool
-// kBf16Products = true` and reads the choice from detail::products_for(f). Every check runs
-// before anything is written.
+// kBf16Products = true` and turns detail::products_for(f) into its instantiation with
+// detail::with_products. Every check runs before anything is written.
 #include <type_traits>
 #include <utility>
 
@@ -87,7 +87,7 @@ inline namespace SOFTFREE_ISA {
 /// The products a call of f runs (its policy, the build, the CPU, the method's kernels).
 template <class F>
 ProductChoice products_for(const F& f) {
-  return choose_products<typename F::scalar_type>(f.math, has_bf16_products<F>::value, F::kName);
+  return choose_products<typename F::scalar_type>(f.math, has_bf16_products<F>::value);
 }
 
 }  // namespace SOFTFREE_ISA
@@ -110,7 +110,7 @@ class Attention {
   template <class Isa = detail::IsaTag>
   BackendInfo backend() const {
     detail::check_math<T>(Derived::kName, math);
-    return detail::describe<T>(detail::products_for(self()));
+    return detail::describe<T>(detail::products_for(self()), math, Derived::kName);
   }
 
   /// Validates q, k, v and the options; returns the output shape [B, H, Nq, D].

@@ -22,6 +22,7 @@
 //   Acc row_factor(Index r) const;                // scale of output row r at the end
 // The queries and keys a Score sees are the products' operands (for bf16 products, rounded).
 #include <algorithm>
+#include <type_traits>
 
 #include "../schedule.hpp"
 #include "convert.hpp"
@@ -114,9 +115,7 @@ class PairProducts {
     const auto q = load_q_(src, rows, d_);
     PairWord* qp = reserve(qp_, dp_ * kBlockQ);
     std::fill(qp, qp + dp_ * kBlockQ, PairWord(0));  // padding queries: zeros
-    for (Index r = 0; r < rows; ++r)
-      for (Index t = 0; t < dp_; ++t)
-        qp[t * kBlockQ + r] = pair_word(q(r, 2 * t), 2 * t + 1 < d_ ? q(r, 2 * t + 1) : 0.0f);
+    pack_rows(q.data(), rows, d_, qp, 1, kBlockQ);     // Q^T: query r's pair t at qp[t * kBlockQ + r]
     s_ = s;
     return q;
   }
@@ -228,10 +227,10 @@ void flash_run(const Parallel& par, const ConstView4<T>& q, const ConstView4<T>&
 template <class T, class MakeScore, class Prepare>
 void flash_attention(const Parallel& par, Products kind, const ConstView4<T>& q, const ConstView4<T>& k,
                      const ConstView4<T>& v, const View4<T>& out, const MakeScore& make_score, const Prepare& prepare) {
-  if constexpr (kHavePairOps && std::is_same<accum_t<T>, float>::value) {
-    if (kind == Products::bf16_pairs) return flash_run<PairProducts<T, PairOps>>(par, q, k, v, out, make_score, prepare);
-  }
-  flash_run<AccumProducts<T>>(par, q, k, v, out, make_score, prepare);
+  with_products<T>(kind, [&](auto pairs) {
+    using Prod = std::conditional_t<decltype(pairs)::value, PairProducts<T, PairOps>, AccumProducts<T>>;
+    flash_run<Prod>(par, q, k, v, out, make_score, prepare);
+  });
 }
 
 }  // namespace SOFTFREE_ISA

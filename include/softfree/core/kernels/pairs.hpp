@@ -97,13 +97,14 @@ EIGEN_ALWAYS_INLINE void gemm_pairs(Index rows, Index cols, Index pairs, const A
   gemm_packets<Tiling, NP - 1, P>(rows, c0, cols, pairs, a, b, c);
 }
 
-/// dst[r * ld + t] = (x[r][2t], x[r][2t + 1]) rounded to bf16: rows of d values, each as its own
-/// pairs (an A operand whose depth runs along its rows: K, Q).
-inline void pack_rows(const float* x, Index rows, Index d, PairWord* dst, Index ld) {
+/// dst[r * rs + t * ts] = (x[r][2t], x[r][2t + 1]) rounded to bf16: rows of d values, each as its
+/// own pairs (an A operand whose depth runs along its rows: K, Q with ts = 1; a B operand of
+/// pairs down its rows, Q^T, with rs = 1).
+inline void pack_rows(const float* x, Index rows, Index d, PairWord* dst, Index rs, Index ts = 1) {
   for (Index r = 0; r < rows; ++r) {
     const float* xr = x + r * d;
-    for (Index t = 0; t < d / 2; ++t) dst[r * ld + t] = pair_word_rounded(xr[2 * t], xr[2 * t + 1]);
-    if (d % 2) dst[r * ld + d / 2] = pair_word_rounded(xr[d - 1], 0.0f);
+    for (Index t = 0; t < d / 2; ++t) dst[r * rs + t * ts] = pair_word_rounded(xr[2 * t], xr[2 * t + 1]);
+    if (d % 2) dst[r * rs + d / 2 * ts] = pair_word_rounded(xr[d - 1], 0.0f);
   }
 }
 

@@ -52,9 +52,13 @@ inline namespace SOFTFREE_ISA {
 
 enum class Products { accum, bf16_pairs };
 
+/// Why a call runs the products it runs: decided per call without building any text (the text
+/// is for backend(), reason()).
+enum class Why { exact, no_kernel, no_build, no_cpu, forbidden, forced, amx, chosen };
+
 struct ProductChoice {
   Products kind;
-  std::string reason;
+  Why why;
 };
 
 /// Whether bf16 products are asked for: by the policy, or by default for bfloat16 storage.
@@ -65,29 +69,60 @@ bool wants_bf16(Math m) {
 
 /// The products a call of a method (with or without bf16 kernels) on storage T runs.
 template <class T>
-ProductChoice choose_products(Math m, bool method_has_bf16, const char* method) {
-  if (!wants_bf16<T>(m)) return {Products::accum, "exact products (math = " + std::string(math_name(m)) + ")"};
-  const std::string asked = "bf16 products asked for (math = " + std::string(math_name(m)) + ")";
-  if (!method_has_bf16) return {Products::accum, asked + ", but " + method + " has no bf16 kernel: exact float products"};
-  if (!kHavePairOps)
-    return {Products::accum, asked + ", but this build has no bf16 product backend (AVX512-BF16 needs a -march "
-                                     "with it, e.g. -march=native on AMD Zen 4/5): exact float products"};
-  if (!cpu_features().avx512_bf16)
-    return {Products::accum, asked + ", but this CPU lacks AVX512-BF16 (the build has it): exact float products"};
+ProductChoice choose_products(Math m, bool method_has_bf16) {
+  if (!wants_bf16<T>(m)) return {Products::accum, Why::exact};
+  if (!method_has_bf16) return {Products::accum, Why::no_kernel};
+  if (!kHavePairOps) return {Products::accum, Why::no_build};
+  if (!cpu_features().avx512_bf16) return {Products::accum, Why::no_cpu};
   const int forced = bf16_products_override().load();
-  if (forced == 0) return {Products::accum, asked + ", forbidden (SOFTFREE_BF16_PRODUCTS=off): exact float products"};
-  if (forced == 1) return {Products::bf16_pairs, asked + ", forced (SOFTFREE_BF16_PRODUCTS=force): AVX512-BF16 pair products"};
-  if (cpu_features().amx_bf16)
-    return {Products::accum, asked + ", but this CPU has AMX, where vdpbf16ps does half the work of float FMA: "
-                                     "exact float products"};
-  return {Products::bf16_pairs, asked + ": AVX512-BF16 pair products"};
+  if (forced == 0) return {Products::accum, Why::forbidden};
+  if (forced == 1) return {Products::bf16_pairs, Why::forced};
+  if (cpu_features().amx_bf16) return {Products::accum, Why::amx};
+  return {Products::bf16_pairs, Why::chosen};
+}
+
+/// The choice in words, for a call of `method` under policy m.
+inline std::string reason(const ProductChoice& c, Math m, const char* method) {
+  const std::string policy = "(math = " + std::string(math_name(m)) + ")";
+  const std::string asked = "bf16 products asked for " + policy;
+  const char* exact = ": exact float products";
+  switch (c.why) {
+    case Why::exact:
+      return "exact products " + policy;
+    case Why::no_kernel:
+      return asked + ", but " + method + " has no bf16 kernel" + exact;
+    case Why::no_build:
+      return asked + ", but this build has no bf16 product backend (AVX512-BF16 needs a -march with it, e.g. "
+                     "-march=native on AMD Zen 4/5)" + exact;
+    case Why::no_cpu:
+      return asked + ", but this CPU lacks AVX512-BF16 (the build has it)" + exact;
+    case Why::forbidden:
+      return asked + ", forbidden (SOFTFREE_BF16_PRODUCTS=off)" + exact;
+    case Why::forced:
+      return asked + ", forced (SOFTFREE_BF16_PRODUCTS=force): AVX512-BF16 pair products";
+    case Why::amx:
+      return asked + ", but this CPU has AMX, where vdpbf16ps does half the work of float FMA" + exact;
+    case Why::chosen:
+      return asked + ": AVX512-BF16 pair products";
+  }
+  return asked;
+}
+
+/// run(std::true_type{}) where `kind` is the bf16 pairs (and the build has them for storage T),
+/// else run(std::false_type{}): the one place a kernel turns the choice into its instantiation.
+template <class T, class Run>
+decltype(auto) with_products(Products kind, Run&& run) {
+  if constexpr (kHavePairOps && std::is_same<accum_t<T>, float>::value) {
+    if (kind == Products::bf16_pairs) return run(std::true_type{});
+  }
+  return run(std::false_type{});
 }
 
 /// The public description of a choice.
 template <class T>
-BackendInfo describe(const ProductChoice& c) {
-  if (c.kind == Products::bf16_pairs) return {PairOps::kName, true, c.reason};
-  return {std::string(Backend::kName) + " " + precision<accum_t<T>>::name, false, c.reason};
+BackendInfo describe(const ProductChoice& c, Math m, const char* method) {
+  if (c.kind == Products::bf16_pairs) return {PairOps::kName, true, reason(c, m, method)};
+  return {std::string(Backend::kName) + " " + precision<accum_t<T>>::name, false, reason(c, m, method)};
 }
 
 }  // namespace SOFTFREE_ISA
@@ -99,7 +134,7 @@ inline namespace SOFTFREE_ISA {
 /// translation unit is built, on this CPU. Attention::backend() answers for one functor.
 template <class T, class Isa = detail::IsaTag>
 BackendInfo backend_info(Math m = Math::automatic) {
-  return detail::describe<T>(detail::choose_products<T>(m, true, "the method"));
+  return detail::describe<T>(detail::choose_products<T>(m, true), m, "the method");
 }
 
 }  // namespace SOFTFREE_ISA
