@@ -38,14 +38,14 @@ SOFTFREE_BENCH_METHOD(Method{"soft-gaussian", [](const Shape& s) { return 4.0 * 
                       [](auto tag, const Shape&) { return softfree::SoftGaussian<typename decltype(tag)::type>{}; });
 
 SOFTFREE_BENCH_METHOD(Method{"soft-nystrom-m49", [](const Shape& s) { return nystrom_flops(s, 49, true); },
-                             benchmark::oN, /*time_alloc=*/false, nullptr, /*tied_qk=*/true},
+                             benchmark::oN, /*time_alloc=*/false, nullptr, /*tied_qk=*/true, /*bf16_products=*/true},
                       nystrom<49>);
 
 SOFTFREE_BENCH_METHOD(Method{"soft-nystrom-m64", [](const Shape& s) { return nystrom_flops(s, 64, true); },
-                             benchmark::oN, /*time_alloc=*/false, nullptr, /*tied_qk=*/true},
+                             benchmark::oN, /*time_alloc=*/false, nullptr, /*tied_qk=*/true, /*bf16_products=*/true},
                       nystrom<64>);
 
 SOFTFREE_BENCH_METHOD(Method{"soft-nystrom-m49-untied", [](const Shape& s) { return nystrom_flops(s, 49, false); },
-                             benchmark::oN, /*time_alloc=*/false, nullptr, /*tied_qk=*/false},
+                             benchmark::oN, /*time_alloc=*/false, nullptr, /*tied_qk=*/false, /*bf16_products=*/true},
                       nystrom<49>);
 }  // namespace

@@ -913,20 +913,21 @@ TEST(Bf16PairPacking, PairsOfAndPairWord) {
   EXPECT_EQ(sd::pair_word(eigen_bf16(0.3f), 0.0f), bits(eigen_bf16(0.3f)) >> 16);
 }
 
-// pack_rows: row r's depth pairs, rounded to bf16, at dst[r * ld + t], an odd depth ending in
-// (x, 0); words past pairs_of(d) in a row are not touched.
+// pack_rows: row r's depth pairs (from rows at stride ldx), rounded to bf16, at dst[r * ld + t], an
+// odd depth ending in (x, 0); words past pairs_of(d) in a row are not touched. Where the build has
+// a vector pack, every depth takes it in runs of 16 words, the last run masked.
 TEST(Bf16PairPacking, PackRows) {
   constexpr std::uint32_t kSentinel = 0xdeadbeefu;
   for (Index rows : {1, 5})
-    for (Index d : {1, 2, 6, 7}) {
-      const Index ld = sd::pairs_of(d) + 2;
-      const std::vector<float> x = float_values(rows * d, static_cast<unsigned>(10 * rows + d));
+    for (Index d : {1, 2, 6, 7, 32, 33, 64, 70}) {
+      const Index ld = sd::pairs_of(d) + 2, ldx = d + 3;  // rows of x at a stride past their values
+      const std::vector<float> x = float_values(rows * ldx, static_cast<unsigned>(10 * rows + d));
       std::vector<sd::PairWord> dst(static_cast<size_t>(rows * ld), kSentinel);
-      sd::pack_rows(x.data(), rows, d, dst.data(), ld);
+      sd::pack_rows(x.data(), rows, d, ldx, dst.data(), ld);
       for (Index r = 0; r < rows; ++r) {
         for (Index t = 0; t < sd::pairs_of(d); ++t) {
-          const float lo = x[static_cast<size_t>(r * d + 2 * t)];
-          const float hi = 2 * t + 1 < d ? x[static_cast<size_t>(r * d + 2 * t + 1)] : 0.0f;
+          const float lo = x[static_cast<size_t>(r * ldx + 2 * t)];
+          const float hi = 2 * t + 1 < d ? x[static_cast<size_t>(r * ldx + 2 * t + 1)] : 0.0f;
           EXPECT_EQ(dst[static_cast<size_t>(r * ld + t)], rounded_word(lo, hi))
               << "rows " << rows << " d " << d << " r " << r << " t " << t;
         }
@@ -1050,7 +1051,8 @@ TEST_F(Bf16PairKernels, VectorPackRoundsAsRoundToBf16) { check_vector_pack(); }
 
 // pack_row_pairs<Ops>: pairs down x's rows at dst[t * ld + c], through the vector pack for whole
 // 16-column groups and a scalar tail, rounded as Eigen rounds; columns [cols, ld) zero; an odd last
-// row pairs with zeros; rows of dst past pairs_of(rows) untouched.
+// row pairs with zeros; rows of dst past pairs_of(rows) untouched. The bfloat16 overload gives
+// the same words from the rounded values' bits.
 template <class Ops = sd::PairOps>
 void check_pack_row_pairs() {
   if constexpr (!std::is_same<Ops, sd::NoPairOps>::value) {
@@ -1073,6 +1075,12 @@ void check_pack_row_pairs() {
         }
         for (Index c = 0; c < ld; ++c)
           EXPECT_EQ(dst[static_cast<size_t>(pairs * ld + c)], kSentinel) << "wrote past the pairs, rows " << rows;
+        // bfloat16 storage of the rounded values: the same words, paired from the stored bits.
+        std::vector<bf16> xb(x.size());
+        for (size_t i = 0; i < x.size(); ++i) xb[i] = static_cast<bf16>(x[i]);
+        std::vector<sd::PairWord> from_bits(dst.size(), kSentinel);
+        sd::pack_row_pairs<Ops>(xb.data(), rows, cols, ldx, from_bits.data(), ld);
+        EXPECT_TRUE(from_bits == dst) << "bfloat16 input, rows " << rows << " cols " << cols;
       }
   }
 }
@@ -1104,7 +1112,7 @@ void check_gemm_pairs() {
                     double(a[static_cast<size_t>(r * depth + t)]) * double(b[static_cast<size_t>(t * cols + c)]);
           // A by rows (pack_rows) and, from its transpose, by columns (pack_columns).
           std::vector<sd::PairWord> ap(static_cast<size_t>(rows * pairs)), ac(static_cast<size_t>(rows * pairs));
-          sd::pack_rows(a.data(), rows, depth, ap.data(), pairs);
+          sd::pack_rows(a.data(), rows, depth, depth, ap.data(), pairs);
           std::vector<float> at(static_cast<size_t>(depth * rows));
           for (Index r = 0; r < rows; ++r)
             for (Index t = 0; t < depth; ++t) at[static_cast<size_t>(t * rows + r)] = a[static_cast<size_t>(r * depth + t)];
@@ -1255,6 +1263,134 @@ TEST_F(Bf16SimA, ShortSequenceOrderStaysFloat) {
   const auto with_pairs_asked = f(q, k, v);
   f.math = Math::f32;
   EXPECT_TRUE(bitwise_equal(with_pairs_asked, f(q, k, v)));
+}
+
+}  // namespace
+
+namespace {
+
+// ------------------------------------------------------------------ SoftNystrom on the pairs
+
+class Bf16SoftNystrom : public PairBackend {};
+
+// Per row against the double reference, bfloat16 storage. First-order error terms, each relative
+// to a row's scale: the output's rounding (u), the weights of P and of R^T V rounded to bf16 (u
+// each, on sums of non-negative weights) and Y = pinv(A) R V rounded to bf16 (u per element);
+// Y's entries have mixed signs, so P Y cancels, and the pseudo-inverse passes R V's error on
+// amplified by A's conditioning (cond ~ 10 for inputs in [-2, 2), see test_soft.cpp). Measured
+// worst over the shapes below: 1.3e-2 (3.3u, N = 1025, D = 8, m = 49); 6u leaves about 2x.
+constexpr double kNystromPairRow = 6 * kU;  // 2.3e-2
+/// The pairs against the float backend (both outputs rounded to bfloat16): the above plus u.
+constexpr double kNystromAgree = kNystromPairRow + kU;  // 2.7e-2
+
+// SoftNystrom's double reference with segments(m) landmarks pooled by the reference.
+template <class T>
+softfree_ref::Tensor nystrom_reference(const softfree::SoftNystrom<T>& f, const Tensor4<T>& q, const Tensor4<T>& k,
+                                       const Tensor4<T>& v, Index m) {
+  const auto qr = to_ref(q), kr = to_ref(k);
+  return softfree_ref::soft_nystrom(qr, kr, to_ref(v), softfree_ref::landmarks_segments(qr, m),
+                                    softfree_ref::landmarks_segments(kr, m), f.newton.steps, f.newton.lambda,
+                                    softfree_ref::PinvInit::Current, f.soft_norm);
+}
+
+softfree::SoftNystrom<bf16> nystrom_with(Index m) {
+  softfree::SoftNystrom<bf16> f;
+  f.landmarks = softfree::Landmarks::segments(m);
+  return f;
+}
+
+// Tied and untied; N = 97 (one ragged 64-token tile) and 1025 (17 tiles, an odd last one, and
+// an odd token count in R V's pairs); D = 8, 40 (R V and Y's rows padded to 48), 64, 128;
+// m = 5, 49 (48 landmarks in the pair product, one past it), 64: per row and per tensor.
+TEST_F(Bf16SoftNystrom, MatchesReferencePerRow) {
+  double worst_row = 0, worst_tensor = 0;
+  unsigned seed = 1300;
+  for (Index n : {97, 1025})
+    for (Index d : {8, 40, 64, 128})
+      for (Index m : {5, 49, 64})
+        for (bool tied : {true, false}) {
+          const auto q = random_tensor<bf16>(1, 2, n, d, seed++, -2.0, 2.0);
+          const auto v = random_tensor<bf16>(1, 2, n, d, seed++, 0.0, 1.0);
+          const auto k = tied ? q : keys_near(q, seed++);
+          const auto f = nystrom_with(m);
+          ASSERT_TRUE(f.backend().native_bf16) << f.backend().reason;
+          const auto got = f(q, k, v);
+          const auto ref = nystrom_reference(f, q, k, v, m);
+          const std::string at = "N=" + std::to_string(n) + " D=" + std::to_string(d) + " m=" + std::to_string(m) +
+                                 (tied ? " tied" : " untied");
+          double w = 0;
+          EXPECT_TRUE(close_to_ref(got, ref, kIssueBound)) << at;
+          EXPECT_TRUE(close_to_ref_rows(got, ref, kNystromPairRow, 1e-30, &w)) << at;
+          worst_row = std::max(worst_row, w);
+          worst_tensor = std::max(worst_tensor, rel_error(got, ref));
+        }
+  record("worst_row", worst_row);
+  record("worst_tensor", worst_tensor);
+}
+
+// N = 1 (one landmark, one token: a half-empty pair everywhere), 7 and 97 with m = min(N, 49), and
+// D = 7 (an odd depth: the last pair padded), 8, 40, 128: the pairs against the float backend.
+TEST_F(Bf16SoftNystrom, AgreesWithFloatBackend) {
+  double worst = 0;
+  unsigned seed = 1400;
+  for (Index n : {1, 7, 97})
+    for (Index d : {7, 8, 40, 128})
+      for (bool tied : {true, false}) {
+        const auto q = random_tensor<bf16>(2, 2, n, d, seed++, -2.0, 2.0);
+        const auto v = random_tensor<bf16>(2, 2, n, d, seed++, 0.0, 1.0);
+        const auto k = tied ? q : keys_near(q, seed++);
+        const auto f = nystrom_with(std::min<Index>(n, 49));
+        const auto pairs = f(q, k, v);
+        const sd::ScopedBf16Products off(false);
+        ASSERT_FALSE(f.backend().native_bf16);
+        double w = 0;
+        EXPECT_TRUE(close_to_ref_rows(pairs, to_ref(f(q, k, v)), kNystromAgree, 1e-30, &w))
+            << "N=" << n << " D=" << d << (tied ? " tied" : " untied");
+        worst = std::max(worst, w);
+      }
+  record("worst_row", worst);
+}
+
+// Float storage with Math::bf16: within the issue's bound of the reference on the caller's
+// inputs; on inputs that are bf16 values already, the bfloat16 storage result rounded, bitwise
+// (the same operands through the same kernels; bfloat16 storage rounds the float output once).
+TEST_F(Bf16SoftNystrom, FloatStorageBf16Math) {
+  const auto q = random_tensor<float>(1, 3, 197, 64, 1500, -2.0, 2.0);
+  const auto v = random_tensor<float>(1, 3, 197, 64, 1501, 0.0, 1.0);
+  const auto k = keys_near(q, 1502);
+  softfree::SoftNystrom<float> f;
+  f.math = Math::bf16;
+  ASSERT_TRUE(f.backend().native_bf16) << f.backend().reason;
+  for (const bool tied : {true, false}) {
+    const auto& kk = tied ? q : k;
+    const auto got = f(q, kk, v);
+    EXPECT_TRUE(close_to_ref(got, nystrom_reference(f, q, kk, v, 49), kIssueBound)) << (tied ? "tied" : "untied");
+    const auto qb = cast_tensor<bf16>(q), kb = cast_tensor<bf16>(kk), vb = cast_tensor<bf16>(v);
+    const auto qf = cast_tensor<float>(qb), kf = cast_tensor<float>(kb);
+    const auto as_float = f(qf, tied ? qf : kf, cast_tensor<float>(vb));  // one tensor for q and k: tied
+    const auto fb = nystrom_with(49);
+    EXPECT_TRUE(rounds_to(as_float, tied ? fb(qb, qb, vb) : fb(qb, kb, vb))) << (tied ? "tied" : "untied");
+  }
+}
+
+// Tokens of magnitude up to 150 (tied, D = 64): every third token drawn from [-150, 150), the rest
+// in [-2, 2). Their norm terms (~4e4 in the base-2 exponent) make their weights against the
+// landmarks underflow to 0, as in the reference; no NaN or inf reaches any row, and the rows stay
+// within the issue's bound (the expansion's cancellation, as GaussianLargeKeys, bounds them).
+TEST_F(Bf16SoftNystrom, LargeTokens) {
+  auto x = random_tensor<bf16>(1, 2, 97, 64, 1600, -2.0, 2.0);
+  const auto large = random_tensor<bf16>(1, 2, 97, 64, 1601, -150.0, 150.0);
+  const auto v = random_tensor<bf16>(1, 2, 97, 64, 1602, 0.0, 1.0);
+  for (Index h = 0; h < 2; ++h)
+    for (Index j = 0; j < 97; j += 3)
+      for (Index c = 0; c < 64; ++c) x(0, h, j, c) = large(0, h, j, c);
+  const auto f = nystrom_with(49);
+  const auto got = f(x, x, v);
+  for (Index i = 0; i < got.size(); ++i)
+    ASSERT_TRUE(std::isfinite(static_cast<float>(got.data()[i]))) << "element " << i;
+  double w = 0;
+  EXPECT_TRUE(close_to_ref_rows(got, nystrom_reference(f, x, x, v, 49), kIssueBound, 1e-30, &w));
+  record("worst_row", w);
 }
 
 }  // namespace

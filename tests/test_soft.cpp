@@ -205,16 +205,10 @@ Tensor4<T> spread(Index b, Index h, Index n, Index d, unsigned seed) {
   return random_tensor<T>(b, h, n, d, seed, -2.0, 2.0);
 }
 
-// Keys near the queries: SPEC's start V0 = alpha P converges only when the eigenvalues of P^2
-// lie in the right half-plane, which holds for the tied (symmetric) case SOFT was built for and
-// for nearby keys, but not for unrelated q and k (the reference diverges to inf there too).
-template <class T>
-Tensor4<T> near(const Tensor4<T>& q, unsigned seed) {
-  const auto noise = random_tensor<double>(q.dimension(0), q.dimension(1), q.dimension(2), q.dimension(3), seed, -0.1, 0.1);
-  Tensor4<T> k(q.dimensions());
-  for (Index i = 0; i < k.size(); ++i) k.data()[i] = static_cast<T>(static_cast<double>(q.data()[i]) + noise.data()[i]);
-  return k;
-}
+// Untied tests take keys near the queries (keys_near, test_util.hpp): SPEC's start V0 = alpha P
+// converges only when the eigenvalues of P^2 lie in the right half-plane, which holds for the
+// tied (symmetric) case SOFT was built for and for nearby keys, but not for unrelated q and k
+// (the reference diverges to inf there too).
 
 template <class T>
 ::testing::AssertionResult nystrom_matches(const SoftNystrom<T>& f, const Tensor4<T>& q, const Tensor4<T>& k,
@@ -246,7 +240,7 @@ template <class T>
 TYPED_TEST(SoftTyped, NystromSegments) {
   using T = TypeParam;
   // N = 23, m = 5: uneven, overlapping adaptive-pool segments; q != k.
-  const auto q = spread<T>(2, 2, 23, 16, 50), k = near(q, 51), v = random_tensor<T>(2, 2, 23, 16, 52);
+  const auto q = spread<T>(2, 2, 23, 16, 50), k = keys_near(q, 51), v = random_tensor<T>(2, 2, 23, 16, 52);
   SoftNystrom<T> f;
   EXPECT_TRUE(segments_match(f, q, k, v, 5));
   // Tied q == k (the paper's P A^+ P^T V), with SOFT-Norm and the paper-era init.
@@ -258,20 +252,20 @@ TYPED_TEST(SoftTyped, NystromSegments) {
 TYPED_TEST(SoftTyped, NystromSegmentsCrossAttention) {
   using T = TypeParam;
   // 40 keys that stretch the 11 queries over the sequence (key t near query 11 t / 40), so the
-  // two landmark sets are close, as near() does for equal lengths.
+  // two landmark sets are close, as keys_near() does for equal lengths.
   const auto q = spread<T>(1, 2, 11, 8, 53), v = random_tensor<T>(1, 2, 40, 8, 55);
   Tensor4<T> stretched(1, 2, 40, 8);
   for (Index h = 0; h < 2; ++h)
     for (Index t = 0; t < 40; ++t)
       for (Index c = 0; c < 8; ++c) stretched(0, h, t, c) = q(0, h, t * 11 / 40, c);
-  const auto k = near(stretched, 54);
+  const auto k = keys_near(stretched, 54);
   EXPECT_TRUE(segments_match(SoftNystrom<T>{}, q, k, v, 4));
 }
 
 TYPED_TEST(SoftTyped, NystromGrid) {
   using T = TypeParam;
   // A 5 x 7 image pooled by r = 2: the last image row and column are dropped, m = 2 * 3.
-  const auto q = spread<T>(1, 2, 35, 16, 56), k = near(q, 57), v = random_tensor<T>(1, 2, 35, 16, 58);
+  const auto q = spread<T>(1, 2, 35, 16, 56), k = keys_near(q, 57), v = random_tensor<T>(1, 2, 35, 16, 58);
   SoftNystrom<T> f;
   f.landmarks = Landmarks::grid(5, 7, 2);
   EXPECT_EQ(f.landmark_count(), 6);
@@ -281,9 +275,9 @@ TYPED_TEST(SoftTyped, NystromGrid) {
 
 TYPED_TEST(SoftTyped, NystromGivenLandmarks) {
   using T = TypeParam;
-  const auto q = spread<T>(2, 1, 30, 16, 59), k = near(q, 60), v = random_tensor<T>(2, 1, 30, 16, 61);
+  const auto q = spread<T>(2, 1, 30, 16, 59), k = keys_near(q, 60), v = random_tensor<T>(2, 1, 30, 16, 61);
   auto ql = spread<T>(2, 1, 7, 16, 62);
-  const auto kl = near(ql, 63);
+  const auto kl = keys_near(ql, 63);
   const auto ql_ref = to_ref(ql), kl_ref = to_ref(kl);
   SoftNystrom<T> f;
   f.landmarks = Landmarks::given(ql, kl);
@@ -326,7 +320,7 @@ TEST(SoftNystrom, TiedAgreesWithAnEqualCopyOfQ) {
 
 TEST(SoftNystrom, ManyLandmarksAndBlocks) {
   // m = 70: more than four packets of landmarks; N = 300: several key tiles and row items.
-  const auto q = spread<float>(1, 2, 300, 24, 64), k = near(q, 65), v = random_tensor<float>(1, 2, 300, 24, 66);
+  const auto q = spread<float>(1, 2, 300, 24, 64), k = keys_near(q, 65), v = random_tensor<float>(1, 2, 300, 24, 66);
   EXPECT_TRUE(segments_match(SoftNystrom<float>{}, q, k, v, 70));
 }
 
@@ -346,7 +340,8 @@ TYPED_TEST(SoftTyped, NystromWithEveryTokenALandmarkEqualsGaussian) {
 }
 
 TEST(SoftNystrom, DiagnosticsReportTheWorstHead) {
-  const auto q = random_tensor<double>(2, 2, 40, 16, 70), k = near(q, 71), v = random_tensor<double>(2, 2, 40, 16, 72);
+  const auto q = random_tensor<double>(2, 2, 40, 16, 70), k = keys_near(q, 71);
+  const auto v = random_tensor<double>(2, 2, 40, 16, 72);
   const auto ql = softfree_ref::landmarks_segments(to_ref(q), 8), kl = softfree_ref::landmarks_segments(to_ref(k), 8);
   for (int steps : {6, 20}) {
     double worst = 0;

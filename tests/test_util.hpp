@@ -58,6 +58,17 @@ Tensor4<T> random_tensor(Index B, Index H, Index N, Index D, unsigned seed, doub
   return t;
 }
 
+/// q plus noise uniform in [-0.1, 0.1), element by element: SoftNystrom's untied keys (its Newton
+/// start converges for keys near the queries; test_soft.cpp).
+template <class T>
+Tensor4<T> keys_near(const Tensor4<T>& q, unsigned seed) {
+  const auto& s = q.dimensions();
+  const auto noise = random_tensor<double>(s[0], s[1], s[2], s[3], seed, -0.1, 0.1);
+  Tensor4<T> k(q.dimensions());
+  for (Index i = 0; i < k.size(); ++i) k.data()[i] = static_cast<T>(static_cast<double>(q.data()[i]) + noise.data()[i]);
+  return k;
+}
+
 /// The exact stored values of t, in double, for the references.
 template <class T>
 softfree_ref::Tensor to_ref(const Tensor4<T>& t) {

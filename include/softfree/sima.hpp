@@ -103,7 +103,7 @@ class SimAHead {
       Acc* o = out_.begin(op + r0 * d, rows, d, ldm);
       if constexpr (Pairs) {  // o = Q M on pairs along D
         PairWord* qw = reserve(pw_, rows * pairs_of(d));
-        pack_rows(qt, rows, d, qw, pairs_of(d));
+        pack_rows(qt, rows, d, d, qw, pairs_of(d));
         gemm_pairs<Tile>(rows, ldm, pairs_of(d), PairA{qw, pairs_of(d), 1}, PairRowsB<PairOps>{mp_.data(), ldm},
                          StoreC<Acc>{o, ldm});
       } else {
@@ -140,12 +140,12 @@ class SimAHead {
   /// kv += kt^T vt over `rows` tokens (row stride ldm).
   void add_kv(const Acc* kt, const Acc* vt, Index rows, Acc* kv) {
     const Index d = d_, ldm = ldm_;
-    if constexpr (Pairs) {  // pairs along the tokens: K^T as [D][pairs], V as [pairs][ldm]
+    if constexpr (Pairs) {  // pairs along the tokens: K and V both as [pairs][ldm], K read as K^T
       const Index tp = pairs_of(rows);
-      PairWord *kw = reserve(pw_, d * tp), *vw = reserve(vw_, tp * ldm);
-      pack_columns(kt, rows, d, d, kw, tp);
+      PairWord *kw = reserve(pw_, tp * ldm), *vw = reserve(vw_, tp * ldm);
+      pack_row_pairs<PairOps>(kt, rows, d, d, kw, ldm);
       pack_row_pairs<PairOps>(vt, rows, d, d, vw, ldm);
-      gemm_pairs<Tile>(d, ldm, tp, PairA{kw, tp, 1}, PairRowsB<PairOps>{vw, ldm}, AddC<Acc>{kv, ldm});
+      gemm_pairs<Tile>(d, ldm, tp, PairA{kw, 1, ldm}, PairRowsB<PairOps>{vw, ldm}, AddC<Acc>{kv, ldm});
     } else {
       for (Index j = 0; j < rows; j += 64)  // 64 rows at a time, so the V rows it re-reads stay in L1
         gemm<Tile>(d, d, std::min<Index>(64, rows - j), StridedA<Acc>{kt + j * d, 1, d}, RowsB<Acc>{vt + j * d, d},

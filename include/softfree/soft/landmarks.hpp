@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../core/kernels/convert.hpp"
+#include "../core/kernels/pairs.hpp"
 #include "common.hpp"
 
 namespace softfree {
@@ -124,14 +125,24 @@ void pool_landmarks(const Landmarks& l, const T* src, Index n, Index d, Index he
   }
 }
 
+/// A prepared landmark set (LandmarkKernel::prepare), in caller-owned buffers of
+/// LandmarkKernel::set_size and ::word_size: values (s l, l^T for the float product, half norms)
+/// and, for the bf16 product, l^T as pair words.
+template <class Acc>
+struct LandmarkSet {
+  Acc* values;
+  PairWord* words;
+};
+
 /// Gaussian-kernel weights of tiles of tokens x (rows x d, rows <= kTile) against m fixed
-/// landmarks l: W[j, i] = k(x_j, l_i), row j at W + j * ld(). A landmark set (s l, its
-/// transpose, half norms) is prepared once into a caller-owned buffer of set_size(m, d) and then
-/// serves any number of tiles. Packets run along the landmarks in the product with the tile;
+/// landmarks l: W[j, i] = k(x_j, l_i), row j at W + j * ld(). A landmark set is prepared once and
+/// then serves any number of tiles. Packets run along the landmarks in the product with the tile;
 /// when m is a few lanes past whole packets (49 = 3 x 16 + 1) those last landmarks take a
 /// dot product per token each (gemm_dot, then the weights with packets along the tokens) rather
-/// than padding the whole product to 64 lanes.
-template <class Acc>
+/// than padding the whole product to 64 lanes. Pairs: the product on bf16 pairs (pairs.hpp), with
+/// the landmarks rounded to bf16 and x already bf16 values (Bf16Loader), so the norms are those of
+/// the operands and every exponent stays <= 0 up to float rounding.
+template <class Acc, bool Pairs = false>
 class LandmarkKernel {
   static constexpr Index L = kLanes<Acc>;
   // Landmarks covered by the packet product: whole packets, or m padded when that wastes less.
@@ -140,7 +151,8 @@ class LandmarkKernel {
  public:
   static constexpr Index kTile = 64;
 
-  static Index set_size(Index m, Index d) { return m * d + d * main_lanes(m) + pad_to_packets<Acc>(m); }
+  static Index set_size(Index m, Index d) { return m * d + (Pairs ? 0 : d * main_lanes(m)) + pad_to_packets<Acc>(m); }
+  static Index word_size(Index m, Index d) { return Pairs ? pairs_of(d) * main_lanes(m) : 0; }
   static Index ld_for(Index m) { return pad_to_packets<Acc>(m); }
 
   LandmarkKernel(Index m, Index d)
@@ -151,26 +163,41 @@ class LandmarkKernel {
   /// Leading dimension of the weight tiles.
   Index ld() const { return ld_; }
 
-  /// Prepares the landmarks l (m x d, row-major) into set (set_size(m, d) values).
-  void prepare(const Acc* l, Acc* set) const {
-    Acc* ls = set;
+  /// Prepares the landmarks l (m x d, row-major; for Pairs rounded to bf16 in place) into set.
+  void prepare(Acc* l, const LandmarkSet<Acc>& set) const {
+    if constexpr (Pairs) round_to_bf16(l, m_ * d_);
+    Acc* ls = set.values;
     for (Index i = 0; i < m_ * d_; ++i) ls[i] = l[i] * s_;
-    Acc* lt = set + m_ * d_;
-    for (Index c = 0; c < d_; ++c)
-      for (Index i = 0; i < ml_; ++i) lt[c * ml_ + i] = i < m_ ? ls[i * d_ + c] : Acc(0);  // padding: zero landmarks
-    Acc* ln = lt + d_ * ml_;
+    Acc* ln = ls + m_ * d_;
+    if constexpr (Pairs) {  // l^T as [pairs of d][ml] words; padding landmarks are zeros
+      std::fill(set.words, set.words + word_size(m_, d_), PairWord(0));
+      pack_rows(l, std::min(m_, ml_), d_, d_, set.words, 1, ml_);
+    } else {  // (s l)^T as [d][ml] values, then the norms
+      Acc* lt = ln;
+      for (Index c = 0; c < d_; ++c)
+        for (Index i = 0; i < ml_; ++i) lt[c * ml_ + i] = i < m_ ? ls[i * d_ + c] : Acc(0);
+      ln = lt + d_ * ml_;
+    }
     std::fill(ln, ln + ld_, Acc(0));
     gaussian_norms(l, m_, d_, d_, s_, ln);
   }
 
   /// The weight tile of x (rows x d, contiguous) against a prepared set, written to dst (rows of
   /// ld()) or, without dst, to an internal tile valid until the next call.
-  const Acc* weigh(const Acc* set, const Acc* x, Index rows, Acc* dst = nullptr) {
-    const Acc *ls = set, *lt = set + m_ * d_, *ln = lt + d_ * ml_;
+  const Acc* weigh(const LandmarkSet<Acc>& set, const Acc* x, Index rows, Acc* dst = nullptr) {
+    const Acc *ls = set.values, *ln = ls + m_ * d_ + (Pairs ? 0 : d_ * ml_);
     Acc *w = dst ? dst : w_.data(), *xn = xn_.data();
     gaussian_norms(x, rows, d_, d_, s_, xn);
-    gemm<GeneralTiling>(rows, ml_, d_, StridedA<Acc>{x, d_, 1}, RowsB<Acc>{lt, ml_},
-                        GaussianWeightC<Acc>{{w, ld_, xn, ln}});
+    const GaussianWeightC<Acc> c{{w, ld_, xn, ln}};
+    if constexpr (Pairs) {
+      const Index dp = pairs_of(d_);
+      PairWord* xw = reserve(xw_, rows * dp);
+      pack_rows(x, rows, d_, d_, xw, dp);
+      gemm_pairs<GeneralTiling>(rows, ml_, dp, PairA{xw, dp, 1}, PairRowsB<PairOps>{set.words, ml_},
+                                ScaledC<GaussianWeightC<Acc>>{c, s_, Acc(1) / s_});
+    } else {
+      gemm<GeneralTiling>(rows, ml_, d_, StridedA<Acc>{x, d_, 1}, RowsB<Acc>{ls + m_ * d_, ml_}, c);
+    }
     for (Index i = ml_; i < m_; ++i) {  // the landmarks past the packet product: packets along tokens
       Acc* dots = dots_.data();
       gemm_dot(rows, 1, d_, x, d_, ls + i * d_, d_, StoreC<Acc>{dots, 1});
@@ -188,6 +215,7 @@ class LandmarkKernel {
   Index m_, d_, ld_, ml_;
   Acc s_;
   AlignedBuffer<Acc> xn_, dots_, w_;
+  AlignedBuffer<PairWord> xw_;  // Pairs: the tile's rows as pair words
 };
 
 }  // namespace SOFTFREE_ISA

@@ -97,28 +97,52 @@ namespace detail {
 inline namespace SOFTFREE_ISA {
 
 /// One thread's per-head SoftNystrom workspace: landmarks, R V, A, its pseudo-inverse and Y.
-template <class T>
+/// Pairs: the three N x m x D products on bf16 pairs (the landmark weights, R V and O = P Y), the
+/// pseudo-inverse in float as always; R V and the output tiles have rows of whole packets.
+template <class T, bool Pairs = false>
 class NystromHead {
-  using Acc = accum_t<T>;
-  using Weights = LandmarkKernel<Acc>;
-
  public:
+  using Acc = accum_t<T>;
+  using Weights = LandmarkKernel<Acc, Pairs>;
+  // Tiles of tokens weighed against the landmarks: for pairs, as bf16 values (their norms are
+  // the product operands').
+  using KeyLoader = std::conditional_t<Pairs, Bf16Loader<T>, TileLoader<T>>;
   static constexpr Index kTile = Weights::kTile;
+  /// Row stride of R V, Y and the output tiles: D, or for pairs D in whole packets.
+  static Index ld_out(Index d) { return Pairs ? pad_to_16(d) : d; }
 
   NystromHead(Index m, Index d)
-      : m_(m), d_(d), kernel(m, d), q_set(static_cast<size_t>(Weights::set_size(m, d))),
-        ql(static_cast<size_t>(m * d)), kl(ql.size()), rv(ql.size()), a_(static_cast<size_t>(m * Weights::ld_for(m))),
-        dq_(static_cast<size_t>(m)) {}
+      : m_(m), d_(d), ldo_(ld_out(d)), kernel(m, d),
+        q_values(static_cast<size_t>(Weights::set_size(m, d))), q_words(static_cast<size_t>(Weights::word_size(m, d))),
+        ql(static_cast<size_t>(m * d)), kl(ql.size()), rv(static_cast<size_t>(m * ldo_)),
+        a_(static_cast<size_t>(m * Weights::ld_for(m))), dq_(static_cast<size_t>(m)) {}
+
+  LandmarkSet<Acc> q_set() { return {q_values.data(), q_words.data()}; }
 
   /// R V += R^T's rows (weights of nj tokens against the landmarks, rows of kernel.ld()) times
-  /// those tokens' values.
-  void add_rv(const Acc* w, Index nj, const Acc* vt) {
-    gemm<GeneralTiling>(m_, d_, nj, StridedA<Acc>{w, 1, kernel.ld()}, RowsB<Acc>{vt, d_}, AddC<Acc>{rv.data(), d_});
+  /// those tokens' values v (storage type).
+  void add_rv(const Acc* w, Index nj, const T* v) {
+    const Index ld = kernel.ld();
+    if constexpr (Pairs) {  // pairs along the tokens: W and V both as [pairs][columns], W read as W^T
+      const Index tp = pairs_of(nj);
+      PairWord *ww = reserve(ww_, tp * ld), *vw = reserve(vw_, tp * ldo_);
+      pack_row_pairs<PairOps>(w, nj, m_, ld, ww, ld);
+      if constexpr (std::is_same<T, Eigen::bfloat16>::value)  // bf16 values already: paired as stored
+        pack_row_pairs<PairOps>(v, nj, d_, d_, vw, ldo_);
+      else
+        pack_row_pairs<PairOps>(load_v(v, nj, d_).data(), nj, d_, d_, vw, ldo_);
+      gemm_pairs<GeneralTiling>(m_, ldo_, tp, PairA{ww, 1, ld}, PairRowsB<PairOps>{vw, ldo_},
+                                AddC<Acc>{rv.data(), ldo_});
+    } else {
+      const Acc* vt = load_v(v, nj, d_).data();
+      gemm<GeneralTiling>(m_, d_, nj, StridedA<Acc>{w, 1, ld}, RowsB<Acc>{vt, d_}, AddC<Acc>{rv.data(), d_});
+    }
   }
 
-  /// A = k(Qt, Kt) from Kt's prepared set, its pseudo-inverse, SOFT-Norm, then y = pinv(A) (R V)
-  /// (m x d); ql and rv hold Qt and R V. tied: Kt is Qt, so A is symmetric (made exactly so).
-  NewtonStats solve(const SoftNystrom<T>& f, const Acc* k_set, bool tied, Acc* y) {
+  /// A = k(Qt, Kt) from Kt's prepared set, its pseudo-inverse, SOFT-Norm, then Y = pinv(A) (R V)
+  /// (m x d, kept for out()); ql and rv hold Qt and R V. tied: Kt is Qt, so A is symmetric (made
+  /// exactly so).
+  NewtonStats solve(const SoftNystrom<T>& f, const LandmarkSet<Acc>& k_set, bool tied) {
     const Index m = m_, ld = kernel.ld();
     for (Index i0 = 0; i0 < m; i0 += kTile)  // the weights take tiles of at most kTile rows
       kernel.weigh(k_set, ql.data() + i0 * d_, std::min(kTile, m - i0), a_.data() + i0 * ld);
@@ -137,81 +161,151 @@ class NystromHead {
       for (Index i = 0; i < m; ++i)
         for (Index j = 0; j < m; ++j) v(i, j) *= dq_[static_cast<size_t>(i)] * dq_[static_cast<size_t>(j)];
     }
-    gemm<GeneralTiling>(m, d_, m, StridedA<Acc>{newton.v_data(), newton.stride(), 1}, RowsB<Acc>{rv.data(), d_},
-                        StoreC<Acc>{y, d_});
+    Acc* y = reserve(y_, m * ldo_);
+    gemm<GeneralTiling>(m, ldo_, m, StridedA<Acc>{newton.v_data(), newton.stride(), 1}, RowsB<Acc>{rv.data(), ldo_},
+                        StoreC<Acc>{y, ldo_});
+    if constexpr (Pairs) pack_row_pairs<PairOps>(y, m, ldo_, ldo_, reserve(yw_, pairs_of(m) * ldo_), ldo_);
     return st;
   }
 
-  Index m_, d_;
+  /// Y of the last solve() (m rows of ld_out(d)), for a pass that outlives this workspace.
+  const Acc* y() const { return y_.data(); }
+  /// Takes Y (m rows of ld_out(d)) from another workspace's solve().
+  void set_y(const Acc* y) {
+    if constexpr (Pairs) pack_row_pairs<PairOps>(y, m_, ldo_, ldo_, reserve(yw_, pairs_of(m_) * ldo_), ldo_);
+    else y_in_ = y;
+  }
+
+  /// out (rows x d, storage type) = p (rows x m, leading dimension ld) Y, through tile.
+  void out(const Acc* p, Index ld, Index rows, T* out, OutputTile<T>& tile) {
+    if constexpr (Pairs) {
+      PairWord* pw = reserve(pw_, rows * pairs_of(m_));
+      pack_rows(p, rows, m_, ld, pw, pairs_of(m_));
+      out_pairs(pw, rows, out, tile);
+    } else {
+      Acc* o = tile.begin(out, rows, d_, ldo_);
+      const Acc* y = y_in_ ? y_in_ : y_.data();
+      gemm<GeneralTiling>(rows, d_, m_, StridedA<Acc>{p, ld, 1}, RowsB<Acc>{y, d_}, StoreC<Acc>{o, d_});
+      tile.commit();
+    }
+  }
+
+  // The tied case keeps P for its last product: for pairs as the pair words that product reads
+  // (N x pairs_of(m) words, 0.4 MiB at N = 4096, m = 49), packed while the tile is in L1; else as
+  // float rows of kernel.ld().
+
+  /// Room for P of n tokens.
+  void keep_p(Index n) {
+    if constexpr (Pairs)
+      reserve(pk_words_, n * pairs_of(m_));
+    else
+      reserve(pk_, n * kernel.ld());
+  }
+  /// The weights of tokens [j0, j0 + nj) (x: their values), kept as P's rows; returns the tile.
+  const Acc* weigh_kept(const Acc* x, Index j0, Index nj) {
+    if constexpr (Pairs) {
+      const Acc* w = kernel.weigh(q_set(), x, nj);
+      pack_rows(w, nj, m_, kernel.ld(), pk_words_.data() + j0 * pairs_of(m_), pairs_of(m_));
+      return w;
+    } else {
+      return kernel.weigh(q_set(), x, nj, pk_.data() + j0 * kernel.ld());
+    }
+  }
+  /// out = the kept P's rows [i0, i0 + rows) times Y, through tile.
+  void out_kept(Index i0, Index rows, T* out, OutputTile<T>& tile) {
+    if constexpr (Pairs)
+      out_pairs(pk_words_.data() + i0 * pairs_of(m_), rows, out, tile);
+    else
+      this->out(pk_.data() + i0 * kernel.ld(), kernel.ld(), rows, out, tile);
+  }
+
+  Index m_, d_, ldo_;
   Weights kernel;
-  AlignedBuffer<Acc> q_set, ql, kl, rv;
-  TileLoader<T> load, load_k, load_v;
+  AlignedBuffer<Acc> q_values;
+  AlignedBuffer<PairWord> q_words;
+  AlignedBuffer<Acc> ql, kl, rv;
+  TileLoader<T> load, load_v;
+  KeyLoader load_k;
 
  private:
-  AlignedBuffer<Acc> a_, dq_;
+  AlignedBuffer<Acc> a_, dq_, y_;
+  const Acc* y_in_ = nullptr;
+  AlignedBuffer<Acc> pk_;                                // kept P (float products)
+  AlignedBuffer<PairWord> ww_, vw_, yw_, pw_, pk_words_;  // Pairs: W, V, Y, P's tile, kept P
   NewtonWorkspace<Acc> newton;
-};
 
-/// out (rows x d, storage type) = p (rows x m, leading dimension ld) y (m x d), through tile.
-template <class T, class Acc = accum_t<T>>
-void nystrom_out(const Acc* p, Index ld, Index rows, Index m, const Acc* y, Index d, T* out, OutputTile<T>& tile) {
-  gemm<GeneralTiling>(rows, d, m, StridedA<Acc>{p, ld, 1}, RowsB<Acc>{y, d}, StoreC<Acc>{tile.begin(out, rows, d), d});
-  tile.commit();
-}
+  /// out = P's rows as pair words (rows x pairs_of(m)) times Y.
+  void out_pairs(const PairWord* pw, Index rows, T* out, OutputTile<T>& tile) {
+    Acc* o = tile.begin(out, rows, d_, ldo_);
+    const Index mp = pairs_of(m_);
+    gemm_pairs<GeneralTiling>(rows, ldo_, mp, PairA{pw, mp, 1}, PairRowsB<PairOps>{yw_.data(), ldo_},
+                              StoreC<Acc>{o, ldo_});
+    tile.commit();
+  }
+};
 
 // The tied case, one item per (b, h): each tile of tokens gives rows of P (kept, N x m), R V
 // accumulates P^T V tile by tile, and after the pseudo-inverse O = P Y tile by tile: three
-// N x m x D products, against four untied. P is N x ld floats per thread (1 MiB at N = 4096).
-template <class T>
+// N x m x D products, against four untied. P is kept per thread (float: 1 MiB at N = 4096).
+template <class Head, class T>
 void nystrom_tied(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& v, const View4<T>& out,
                   std::vector<NewtonStats>& stats) {
   using Acc = accum_t<T>;
   const Shape4 sq = shape_of(q);
-  const Index n = sq.N, d = sq.D, m = f.landmark_count(), tile = NystromHead<T>::kTile;
+  const Index n = sq.N, d = sq.D, m = f.landmark_count(), tile = Head::kTile;
   for_each_item(f.parallel, WorkGrid{sq.B, sq.H, n}, [&] {
-    return [&, ws = NystromHead<T>(m, d), y = AlignedBuffer<Acc>(static_cast<size_t>(m * d)),
-            p = AlignedBuffer<Acc>(static_cast<size_t>(n * LandmarkKernel<Acc>::ld_for(m))),
-            o = OutputTile<T>()](const WorkGrid::Item& it) mutable {
-      const Index ld = ws.kernel.ld();
+    return [&, ws = Head(m, d), o = OutputTile<T>()](const WorkGrid::Item& it) mutable {
+      ws.keep_p(n);
       const T *qh = head(q, it.b, it.h).data(), *vh = head(v, it.b, it.h).data();
       pool_landmarks(f.landmarks, qh, n, d, it.bh, /*for_q=*/true, ws.load, ws.ql.data());
-      ws.kernel.prepare(ws.ql.data(), ws.q_set.data());
+      ws.kernel.prepare(ws.ql.data(), ws.q_set());
       std::fill(ws.rv.begin(), ws.rv.end(), Acc(0));
       // Last tile first: the pooling pass just read Q front to back, so its end is still in cache.
       for (Index j0 = (n - 1) / tile * tile; j0 >= 0; j0 -= tile) {
         const Index nj = std::min(tile, n - j0);
-        const Acc* w = ws.kernel.weigh(ws.q_set.data(), ws.load_k(qh + j0 * d, nj, d).data(), nj, p.data() + j0 * ld);
-        ws.add_rv(w, nj, ws.load_v(vh + j0 * d, nj, d).data());
+        ws.add_rv(ws.weigh_kept(ws.load_k(qh + j0 * d, nj, d).data(), j0, nj), nj, vh + j0 * d);
       }
-      stats[static_cast<size_t>(it.bh)] = ws.solve(f, ws.q_set.data(), /*tied=*/true, y.data());
+      stats[static_cast<size_t>(it.bh)] = ws.solve(f, ws.q_set(), /*tied=*/true);
       T* oh = head(out, it.b, it.h).data();
-      for (Index i0 = 0; i0 < n; i0 += tile)
-        nystrom_out(p.data() + i0 * ld, ld, std::min(tile, n - i0), m, y.data(), d, oh + i0 * d, o);
+      for (Index i0 = 0; i0 < n; i0 += tile) ws.out_kept(i0, std::min(tile, n - i0), oh + i0 * d, o);
     };
   });
 }
 
+// The untied case's buffers shared by its two passes: per head, Kt's prepared set and Y.
+template <class Head>
+struct NystromShared {
+  using Acc = typename Head::Acc;
+  Index set_size, word_size, y_size;
+  AlignedBuffer<Acc> values, y;
+  AlignedBuffer<PairWord> words;
+  NystromShared(Index heads, Index m, Index d)
+      : set_size(Head::Weights::set_size(m, d)), word_size(Head::Weights::word_size(m, d)),
+        y_size(m * Head::ld_out(d)), values(static_cast<size_t>(heads * set_size)),
+        y(static_cast<size_t>(heads * y_size)), words(static_cast<size_t>(heads * word_size)) {}
+  LandmarkSet<Acc> set(Index bh) { return {values.data() + bh * set_size, words.data() + bh * word_size}; }
+};
+
 // Untied pass 1, one item per (b, h): landmarks, R V one key tile at a time (the weight tile,
 // keys x landmarks, is R^T's rows), A = k(Qt, Kt), its pseudo-inverse, Y; leaves Kt's prepared set
 // and Y for pass 2.
-template <class T>
+template <class Head, class T>
 void nystrom_keys(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
-                  accum_t<T>* k_sets, accum_t<T>* y_all, std::vector<NewtonStats>& stats) {
+                  NystromShared<Head>& shared, std::vector<NewtonStats>& stats) {
   using Acc = accum_t<T>;
   const Shape4 sq = shape_of(q);
-  const Index nk = shape_of(k).N, d = sq.D, m = f.landmark_count(), tile = NystromHead<T>::kTile;
-  const Index set_size = LandmarkKernel<Acc>::set_size(m, d);
+  const Index nk = shape_of(k).N, d = sq.D, m = f.landmark_count(), tile = Head::kTile;
   // Segment landmarks of K are summed from the key tiles R V loads anyway: K is read once.
   const bool k_segments = f.landmarks.kind == Landmarks::Kind::Segments;
   for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N}, [&] {
-    return [&, ws = NystromHead<T>(m, d)](const WorkGrid::Item& it) mutable {
+    return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
       const T *kh = head(k, it.b, it.h).data(), *vh = head(v, it.b, it.h).data();
       pool_landmarks(f.landmarks, head(q, it.b, it.h).data(), sq.N, d, it.bh, /*for_q=*/true, ws.load, ws.ql.data());
       if (k_segments)
         std::fill(ws.kl.begin(), ws.kl.end(), Acc(0));
       else
         pool_landmarks(f.landmarks, kh, nk, d, it.bh, /*for_q=*/false, ws.load, ws.kl.data());
-      ws.kernel.prepare(ws.ql.data(), ws.q_set.data());
+      ws.kernel.prepare(ws.ql.data(), ws.q_set());
       std::fill(ws.rv.begin(), ws.rv.end(), Acc(0));
       Index seg = 0;  // first segment not yet complete
       for (Index j0 = 0; j0 < nk; j0 += tile) {
@@ -222,64 +316,68 @@ void nystrom_keys(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstVi
           add_row_sums(kt + (lo - j0) * d, hi - lo, d, ws.kl.data() + i * d);
           if (hi < j0 + nj) seg = i + 1;
         }
-        ws.add_rv(ws.kernel.weigh(ws.q_set.data(), kt, nj), nj, ws.load_v(vh + j0 * d, nj, d).data());
+        ws.add_rv(ws.kernel.weigh(ws.q_set(), kt, nj), nj, vh + j0 * d);
       }
       for (Index i = 0; k_segments && i < m; ++i) {
         const Acc count = static_cast<Acc>(((i + 1) * nk + m - 1) / m - i * nk / m);
         for (Index c = 0; c < d; ++c) ws.kl[static_cast<size_t>(i * d + c)] /= count;
       }
-      Acc* k_set = k_sets + it.bh * set_size;
+      const LandmarkSet<Acc> k_set = shared.set(it.bh);
       ws.kernel.prepare(ws.kl.data(), k_set);
-      stats[static_cast<size_t>(it.bh)] = ws.solve(f, k_set, /*tied=*/false, y_all + it.bh * m * d);
+      stats[static_cast<size_t>(it.bh)] = ws.solve(f, k_set, /*tied=*/false);
+      std::copy(ws.y(), ws.y() + shared.y_size, shared.y.data() + it.bh * shared.y_size);
     };
   });
 }
 
 // Untied pass 2, one item per kRowsPerItem query rows of one (b, h): per tile of query rows the
 // weight tile is P's rows (tile x m) and O = P Y is one product with packets along D.
-template <class T>
-void nystrom_queries(const SoftNystrom<T>& f, const ConstView4<T>& q, const accum_t<T>* k_sets,
-                     const accum_t<T>* y_all, const View4<T>& out) {
-  using Acc = accum_t<T>;
+template <class Head, class T>
+void nystrom_queries(const SoftNystrom<T>& f, const ConstView4<T>& q, NystromShared<Head>& shared,
+                     const View4<T>& out) {
   const Shape4 sq = shape_of(q);
-  const Index d = sq.D, m = f.landmark_count(), tile = NystromHead<T>::kTile;
-  const Index set_size = LandmarkKernel<Acc>::set_size(m, d);
+  const Index d = sq.D, m = f.landmark_count(), tile = Head::kTile;
   for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N, 2 * tile}, [&] {
-    return [&, weights = LandmarkKernel<Acc>(m, d), load_q = TileLoader<T>(),
-            o = OutputTile<T>()](const WorkGrid::Item& it) mutable {
+    return [&, ws = Head(m, d), o = OutputTile<T>(), bound = Index(-1)](const WorkGrid::Item& it) mutable {
+      if (it.bh != bound) ws.set_y(shared.y.data() + it.bh * shared.y_size), bound = it.bh;
       const T* qh = head(q, it.b, it.h).data();
       T* oh = head(out, it.b, it.h).data();
       for (Index i0 = it.r0; i0 < it.r0 + it.rows; i0 += tile) {
         const Index rows = std::min(tile, it.r0 + it.rows - i0);
-        const Acc* p = weights.weigh(k_sets + it.bh * set_size, load_q(qh + i0 * d, rows, d).data(), rows);
-        nystrom_out(p, weights.ld(), rows, m, y_all + it.bh * m * d, d, oh + i0 * d, o);
+        const auto* p = ws.kernel.weigh(shared.set(it.bh), ws.load_k(qh + i0 * d, rows, d).data(), rows);
+        ws.out(p, ws.kernel.ld(), rows, oh + i0 * d, o);
       }
     };
   });
 }
-
 template <class T>
 struct Kernel<SoftNystrom<T>> {
+  static constexpr bool kBf16Products = true;
+
   static NewtonDiagnostics forward(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
                                    const ConstView4<T>& v, const View4<T>& out) {
-    using Acc = accum_t<T>;
     const Shape4 sq = shape_of(q);
-    const Index heads = sq.B * sq.H, m = f.landmark_count();
-    std::vector<NewtonStats> stats(static_cast<size_t>(heads));
+    std::vector<NewtonStats> stats(static_cast<size_t>(sq.B * sq.H));
     // Tied (k is q, and the landmarks agree): R = P^T, so P is computed once and kept.
     const Landmarks& l = f.landmarks;
     const bool tied = q.data() == k.data() && sq == shape_of(k) &&
                       (l.kind != Landmarks::Kind::Given || l.q_given == l.k_given);
-    if (tied) {
-      nystrom_tied(f, q, v, out, stats);
-    } else {
-      AlignedBuffer<Acc> k_sets(static_cast<size_t>(heads * LandmarkKernel<Acc>::set_size(m, sq.D))),
-          y_all(static_cast<size_t>(heads * m * sq.D));
-      nystrom_keys(f, q, k, v, k_sets.data(), y_all.data(), stats);
-      nystrom_queries(f, q, k_sets.data(), y_all.data(), out);
-    }
+    with_products<T>(products_for(f).kind, [&](auto pairs) {
+      using Head = NystromHead<T, decltype(pairs)::value>;
+      if (tied) {
+        nystrom_tied<Head>(f, q, v, out, stats);
+      } else {
+        NystromShared<Head> shared(sq.B * sq.H, f.landmark_count(), sq.D);
+        nystrom_keys<Head>(f, q, k, v, shared, stats);
+        nystrom_queries<Head>(f, q, shared, out);
+      }
+    });
+    return diagnostics(f, stats);
+  }
+
+  static NewtonDiagnostics diagnostics(const SoftNystrom<T>& f, const std::vector<NewtonStats>& stats) {
     NewtonDiagnostics dg;
-    dg.heads = heads;
+    dg.heads = static_cast<Index>(stats.size());
     dg.converged = true;
     for (const NewtonStats& st : stats) {
       dg.steps = std::max(dg.steps, st.steps);

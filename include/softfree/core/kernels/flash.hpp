@@ -70,9 +70,10 @@ class AccumProducts {
     }
     return q;
   }
-  /// ST (nj keys from j0, x kBlockQ) through the epilogue c.
+  /// ST (nj keys from j0, x kBlockQ) through the epilogue c. Inlined into the block (as the
+  /// pair version), so the epilogue's row stride is the constant kBlockQ.
   template <class C>
-  void scores(Index j0, Index nj, const C& c) const {
+  EIGEN_ALWAYS_INLINE void scores(Index j0, Index nj, const C& c) const {
     gemm<Tile>(nj, kBlockQ, d_, StridedA<Acc>{k_ + j0 * d_, d_, 1}, RowsB<Acc>{qt_.data(), kBlockQ}, c);
   }
   /// OT += V^T W for the first `dense` keys of the tile (of nj); returns how many it took (all).
@@ -105,7 +106,7 @@ class PairProducts {
     v_ = load_v_(v, nk, d).data();
     if (same) return;
     k_src_ = k, v_src_ = v, nk_ = nk, d_ = d, dp_ = pairs_of(d), vp_ld_ = pairs_of(nk);
-    pack_rows(k_, nk, d, reserve(kp_, nk * dp_), dp_);
+    pack_rows(k_, nk, d, d, reserve(kp_, nk * dp_), dp_);
     pack_columns(v_, nk, d, d, reserve(vp_, d * vp_ld_), vp_ld_);
   }
   const float* keys() const { return k_; }
@@ -115,12 +116,15 @@ class PairProducts {
     const auto q = load_q_(src, rows, d_);
     PairWord* qp = reserve(qp_, dp_ * kBlockQ);
     std::fill(qp, qp + dp_ * kBlockQ, PairWord(0));  // padding queries: zeros
-    pack_rows(q.data(), rows, d_, qp, 1, kBlockQ);     // Q^T: query r's pair t at qp[t * kBlockQ + r]
+    pack_rows(q.data(), rows, d_, d_, qp, 1, kBlockQ);     // Q^T: query r's pair t at qp[t * kBlockQ + r]
     s_ = s;
     return q;
   }
+  /// Inlined into the block: called with a C of run-time row stride, GCC 12 kept the 16 store
+  /// addresses live across the depth loop, spilled general registers into vector ones and then
+  /// moved the broadcasts through the stack (the score product ran at about half speed).
   template <class C>
-  void scores(Index j0, Index nj, const C& c) const {
+  EIGEN_ALWAYS_INLINE void scores(Index j0, Index nj, const C& c) const {
     gemm_pairs<Tile>(nj, kBlockQ, dp_, PairA{kp_.data() + j0 * dp_, dp_, 1}, PairRowsB<Ops>{qp_.data(), kBlockQ},
                      ScaledC<C>{c, s_, 1.0f / s_});
   }

@@ -97,12 +97,23 @@ EIGEN_ALWAYS_INLINE void gemm_pairs(Index rows, Index cols, Index pairs, const A
   gemm_packets<Tiling, NP - 1, P>(rows, c0, cols, pairs, a, b, c);
 }
 
-/// dst[r * rs + t * ts] = (x[r][2t], x[r][2t + 1]) rounded to bf16: rows of d values, each as its
-/// own pairs (an A operand whose depth runs along its rows: K, Q with ts = 1; a B operand of
-/// pairs down its rows, Q^T, with rs = 1).
-inline void pack_rows(const float* x, Index rows, Index d, PairWord* dst, Index rs, Index ts = 1) {
+/// dst[r * rs + t * ts] = (x[r][2t], x[r][2t + 1]) rounded to bf16: rows of d values (row stride
+/// ldx), each as its own pairs (an A operand whose depth runs along its rows: K, Q, SOFT's P with
+/// ts = 1; a B operand of pairs down its rows, Q^T, with rs = 1). With ts = 1, 16 words at a time
+/// through Ops where it has a vector pack (the last run masked; like the Ops pack, it rounds a
+/// subnormal value to zero).
+template <class Ops = PairOps>
+void pack_rows(const float* x, Index rows, Index d, Index ldx, PairWord* dst, Index rs, Index ts = 1) {
+  if constexpr (!std::is_same<Ops, NoPairOps>::value) {
+    if (ts == 1) {
+      for (Index r = 0; r < rows; ++r)
+        for (Index c = 0; c < d; c += 32)
+          Ops::pack_adjacent(x + r * ldx + c, static_cast<int>(std::min<Index>(32, d - c)), dst + r * rs + c / 2);
+      return;
+    }
+  }
   for (Index r = 0; r < rows; ++r) {
-    const float* xr = x + r * d;
+    const float* xr = x + r * ldx;
     for (Index t = 0; t < d / 2; ++t) dst[r * rs + t * ts] = pair_word_rounded(xr[2 * t], xr[2 * t + 1]);
     if (d % 2) dst[r * rs + d / 2 * ts] = pair_word_rounded(xr[d - 1], 0.0f);
   }
@@ -135,6 +146,25 @@ void pack_row_pairs(const float* x, Index rows, Index cols, Index ldx, PairWord*
     PairWord* o = dst + t * ld;
     for (Index c = 0; c < whole; c += 16) Ops::pack(lo + c, hi ? hi + c : zeros, o + c);
     for (Index c = whole; c < ld; ++c) o[c] = c < cols ? pair_word_rounded(lo[c], hi ? hi[c] : 0.0f) : PairWord(0);
+  }
+}
+
+/// pack_row_pairs of bfloat16 storage: the values are bf16 already, so their bits are paired
+/// as they are (no conversion to float and back).
+template <class Ops>
+void pack_row_pairs(const Eigen::bfloat16* x, Index rows, Index cols, Index ldx, PairWord* dst, Index ld) {
+  eigen_assert(ld % 16 == 0 && ld >= cols);
+  const std::uint16_t zeros[16] = {};
+  const auto bits = [](const Eigen::bfloat16* p) { return PairWord(Eigen::numext::bit_cast<std::uint16_t>(*p)); };
+  const Index whole = cols / 16 * 16;
+  for (Index t = 0; t < pairs_of(rows); ++t) {
+    const Eigen::bfloat16* lo = x + 2 * t * ldx;
+    const Eigen::bfloat16* hi = 2 * t + 1 < rows ? lo + ldx : nullptr;
+    PairWord* o = dst + t * ld;
+    for (Index c = 0; c < whole; c += 16)
+      Ops::interleave(reinterpret_cast<const std::uint16_t*>(lo + c),
+                      hi ? reinterpret_cast<const std::uint16_t*>(hi + c) : zeros, o + c);
+    for (Index c = whole; c < ld; ++c) o[c] = c < cols ? bits(lo + c) | (hi ? bits(hi + c) << 16 : 0) : PairWord(0);
   }
 }
 
