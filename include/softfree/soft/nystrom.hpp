@@ -8,6 +8,7 @@
 // newton_pinv exploits; three N x m x D products instead of four.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../core/attention.hpp"
@@ -350,6 +351,7 @@ void nystrom_queries(const SoftNystrom<T>& f, const ConstView4<T>& q, NystromSha
     };
   });
 }
+
 template <class T>
 struct Kernel<SoftNystrom<T>> {
   static constexpr bool kBf16Products = true;
