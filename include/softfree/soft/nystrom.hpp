@@ -140,10 +140,10 @@ class NystromHead {
     }
   }
 
-  /// A = k(Qt, Kt) from Kt's prepared set, its pseudo-inverse, SOFT-Norm, then Y = pinv(A) (R V)
-  /// (m x d, kept for out()); ql and rv hold Qt and R V. tied: Kt is Qt, so A is symmetric (made
+  /// A = k(Qt, Kt) from Kt's prepared set, its pseudo-inverse, SOFT-Norm, then y = pinv(A) (R V)
+  /// (m rows of ld_out(d)); ql and rv hold Qt and R V. tied: Kt is Qt, so A is symmetric (made
   /// exactly so).
-  NewtonStats solve(const SoftNystrom<T>& f, const LandmarkSet<Acc>& k_set, bool tied) {
+  NewtonStats solve(const SoftNystrom<T>& f, const LandmarkSet<Acc>& k_set, bool tied, Acc* y) {
     const Index m = m_, ld = kernel.ld();
     for (Index i0 = 0; i0 < m; i0 += kTile)  // the weights take tiles of at most kTile rows
       kernel.weigh(k_set, ql.data() + i0 * d_, std::min(kTile, m - i0), a_.data() + i0 * ld);
@@ -162,19 +162,18 @@ class NystromHead {
       for (Index i = 0; i < m; ++i)
         for (Index j = 0; j < m; ++j) v(i, j) *= dq_[static_cast<size_t>(i)] * dq_[static_cast<size_t>(j)];
     }
-    Acc* y = reserve(y_, m * ldo_);
     gemm<GeneralTiling>(m, ldo_, m, StridedA<Acc>{newton.v_data(), newton.stride(), 1}, RowsB<Acc>{rv.data(), ldo_},
                         StoreC<Acc>{y, ldo_});
-    if constexpr (Pairs) pack_row_pairs<PairOps>(y, m, ldo_, ldo_, reserve(yw_, pairs_of(m) * ldo_), ldo_);
     return st;
   }
 
-  /// Y of the last solve() (m rows of ld_out(d)), for a pass that outlives this workspace.
-  const Acc* y() const { return y_.data(); }
-  /// Takes Y (m rows of ld_out(d)) from another workspace's solve().
+  /// The Y out() multiplies by: m rows of ld_out(d) from a solve() (for pairs, packed here; else
+  /// read from y, which must outlive the calls).
   void set_y(const Acc* y) {
-    if constexpr (Pairs) pack_row_pairs<PairOps>(y, m_, ldo_, ldo_, reserve(yw_, pairs_of(m_) * ldo_), ldo_);
-    else y_in_ = y;
+    if constexpr (Pairs)
+      pack_row_pairs<PairOps>(y, m_, ldo_, ldo_, reserve(yw_, pairs_of(m_) * ldo_), ldo_);
+    else
+      y_ = y;
   }
 
   /// out (rows x d, storage type) = p (rows x m, leading dimension ld) Y, through tile.
@@ -185,8 +184,7 @@ class NystromHead {
       out_pairs(pw, rows, out, tile);
     } else {
       Acc* o = tile.begin(out, rows, d_, ldo_);
-      const Acc* y = y_in_ ? y_in_ : y_.data();
-      gemm<GeneralTiling>(rows, d_, m_, StridedA<Acc>{p, ld, 1}, RowsB<Acc>{y, d_}, StoreC<Acc>{o, d_});
+      gemm<GeneralTiling>(rows, d_, m_, StridedA<Acc>{p, ld, 1}, RowsB<Acc>{y_, d_}, StoreC<Acc>{o, d_});
       tile.commit();
     }
   }
@@ -229,8 +227,8 @@ class NystromHead {
   KeyLoader load_k;
 
  private:
-  AlignedBuffer<Acc> a_, dq_, y_;
-  const Acc* y_in_ = nullptr;
+  AlignedBuffer<Acc> a_, dq_;
+  const Acc* y_ = nullptr;  // float products: Y (set_y)
   AlignedBuffer<Acc> pk_;                                // kept P (float products)
   AlignedBuffer<PairWord> ww_, vw_, yw_, pw_, pk_words_;  // Pairs: W, V, Y, P's tile, kept P
   NewtonWorkspace<Acc> newton;
@@ -255,7 +253,8 @@ void nystrom_tied(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstVi
   const Shape4 sq = shape_of(q);
   const Index n = sq.N, d = sq.D, m = f.landmark_count(), tile = Head::kTile;
   for_each_item(f.parallel, WorkGrid{sq.B, sq.H, n}, [&] {
-    return [&, ws = Head(m, d), o = OutputTile<T>()](const WorkGrid::Item& it) mutable {
+    return [&, ws = Head(m, d), y = AlignedBuffer<Acc>(static_cast<size_t>(m * Head::ld_out(d))),
+            o = OutputTile<T>()](const WorkGrid::Item& it) mutable {
       ws.keep_p(n);
       const T *qh = head(q, it.b, it.h).data(), *vh = head(v, it.b, it.h).data();
       pool_landmarks(f.landmarks, qh, n, d, it.bh, /*for_q=*/true, ws.load, ws.ql.data());
@@ -266,7 +265,8 @@ void nystrom_tied(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstVi
         const Index nj = std::min(tile, n - j0);
         ws.add_rv(ws.weigh_kept(ws.load_k(qh + j0 * d, nj, d).data(), j0, nj), nj, vh + j0 * d);
       }
-      stats[static_cast<size_t>(it.bh)] = ws.solve(f, ws.q_set(), /*tied=*/true);
+      stats[static_cast<size_t>(it.bh)] = ws.solve(f, ws.q_set(), /*tied=*/true, y.data());
+      ws.set_y(y.data());
       T* oh = head(out, it.b, it.h).data();
       for (Index i0 = 0; i0 < n; i0 += tile) ws.out_kept(i0, std::min(tile, n - i0), oh + i0 * d, o);
     };
@@ -325,8 +325,7 @@ void nystrom_keys(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstVi
       }
       const LandmarkSet<Acc> k_set = shared.set(it.bh);
       ws.kernel.prepare(ws.kl.data(), k_set);
-      stats[static_cast<size_t>(it.bh)] = ws.solve(f, k_set, /*tied=*/false);
-      std::copy(ws.y(), ws.y() + shared.y_size, shared.y.data() + it.bh * shared.y_size);
+      stats[static_cast<size_t>(it.bh)] = ws.solve(f, k_set, /*tied=*/false, shared.y.data() + it.bh * shared.y_size);
     };
   });
 }
