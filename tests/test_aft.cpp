@@ -3,6 +3,7 @@
 // huge keys and biases, thread-count determinism and bad input.
 #include <softfree/aft.hpp>
 
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -514,6 +515,32 @@ TEST(AftErrors, ShapesAreCheckedBeforeWriting) {
   for (const auto& f : {softfree::AnyAttention<float>(AftSimple<float>{}), softfree::AnyAttention<float>(AftFull<float>{}),
                         softfree::AnyAttention<float>(AftLocal<float>{}), softfree::AnyAttention<float>(AftConv<float>{})})
     EXPECT_TRUE(throws_naming([&] { f(x.q, k7, k7); }, {"k has shape [1, 1, 7, 3]"}));
+}
+
+// A window of N or more means the whole bias: 2^40 or INT64_MAX gives the window-N result, with
+// and without a bias, causal or not (no allocation of 2s - 1 columns, no overflow forming it).
+TEST(AftErrors, WindowBeyondNMeansN) {
+  const QKV<float> x(1, 2, 9, 5, 211);
+  const AftWeights<float> w = random_weights<float>(2, 9, 9, 212, -2, 2);
+  for (bool causal : {false, true})
+    for (bool with_bias : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "causal " << causal << ", bias " << with_bias);
+      AftLocal<float> at_n(9);
+      if (with_bias) at_n.set_bias(w);
+      at_n.causal = causal;
+      const Tensor4<float> expected = at_n(x.q, x.k, x.v);
+      for (Index s : {Index(10), Index(1) << 40, std::numeric_limits<Index>::max()}) {
+        AftLocal<float> wide(s);
+        if (with_bias) wide.set_bias(w);
+        wide.causal = causal;
+        EXPECT_TRUE(bitwise_equal(wide(x.q, x.k, x.v), expected)) << "window " << s;
+        if (with_bias) {  // a bias set at window N serves any window >= N, and back
+          at_n.window = s;
+          EXPECT_TRUE(bitwise_equal(at_n(x.q, x.k, x.v), expected)) << "window " << s;
+          at_n.window = 9;
+        }
+      }
+    }
 }
 
 }  // namespace

@@ -1,9 +1,13 @@
 // The core layer: parallel_for, Parallel, tile conversion (TileLoader, store_rows), views and
 // head slicing, shapes and the exception type.
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -108,6 +112,68 @@ TEST(ParallelFor, MakeWorkerExceptionReachesCaller) {
                                                 }),
                  softfree::invalid_argument);
   }
+}
+
+// Runs f on another thread and fails the whole test binary if it has not finished within 60 s
+// (a deadlocked call can be neither joined nor cancelled).
+template <class F>
+void finishes_in_time(const char* what, F&& f) {
+  std::promise<void> done;
+  std::future<void> ready = done.get_future();
+  std::thread runner([&] {
+    f();
+    done.set_value();
+  });
+  if (ready.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+    std::fprintf(stderr, "%s: still running after 60 s (deadlock)\n", what);
+    std::_Exit(1);
+  }
+  runner.join();
+}
+
+TEST(ParallelFor, CallerFinishesWhenNoHelperStarts) {
+  // The device's only thread is held by a task until the call returns: the caller does every item.
+  Eigen::ThreadPool pool(1);
+  const Eigen::ThreadPoolDevice device(&pool, 2);
+  std::atomic<bool> release{false};
+  pool.Schedule([&] {
+    while (!release.load()) std::this_thread::yield();
+  });
+  std::atomic<int> items{0};
+  finishes_in_time("parallel_for on a busy pool", [&] {
+    softfree::detail::parallel_for(Parallel::on(device), 100, [&] { return [&](Index) { ++items; }; });
+  });
+  EXPECT_EQ(items.load(), 100);
+  release = true;
+}
+
+TEST(ParallelFor, TwoPoolsCallingIntoEachOtherDoNotDeadlock) {
+  // A task on pool A runs an attention on pool B while a task on B runs one on A; each pool has
+  // one thread, held by its task, so neither call gets a helper. Results match the serial call.
+  Eigen::ThreadPool pool_a(1), pool_b(1);
+  const Eigen::ThreadPoolDevice on_a(&pool_a, 2), on_b(&pool_b, 2);
+  const Tensor4<float> q = random_tensor<float>(2, 3, 40, 16, 1), k = random_tensor<float>(2, 3, 40, 16, 2),
+                       v = random_tensor<float>(2, 3, 40, 16, 3);
+  const Tensor4<float> serial = softfree::SoftmaxAttention<float>{}(q, k, v);
+  Tensor4<float> out_a, out_b;
+  std::atomic<int> started{0};
+  std::promise<void> a_done, b_done;
+  auto task = [&](const Eigen::ThreadPoolDevice& other, Tensor4<float>& out, std::promise<void>& done) {
+    ++started;
+    while (started.load() < 2) std::this_thread::yield();  // both pools busy before either call
+    softfree::SoftmaxAttention<float> attn;
+    attn.parallel = Parallel::on(other);
+    out = attn(q, k, v);
+    done.set_value();
+  };
+  finishes_in_time("two pools calling into each other", [&] {
+    pool_a.Schedule([&] { task(on_b, out_a, a_done); });
+    pool_b.Schedule([&] { task(on_a, out_b, b_done); });
+    a_done.get_future().wait();
+    b_done.get_future().wait();
+  });
+  EXPECT_TRUE(bitwise_equal(out_a, serial));
+  EXPECT_TRUE(bitwise_equal(out_b, serial));
 }
 
 TEST(ParallelFor, Workers) {
@@ -330,6 +396,24 @@ TEST(Errors, OptionChecks) {
   EXPECT_TRUE(throws_naming([] { softfree::detail::check_nonnegative_finite("M", "eps", -1e-9); }, {"eps = -1e-09"}));
   EXPECT_TRUE(throws_naming([] { softfree::detail::check_nonnegative_finite("M", "eps", NAN); }, {"eps = nan"}));
   EXPECT_NO_THROW(softfree::detail::check_nonnegative_finite("M", "eps", 0.0));
+}
+
+// Shapes whose element count overflows Index (views over a small buffer declared huge) are
+// rejected by every method before anything is read: Shape4::size() would wrap around.
+TEST(Errors, ShapesWhoseSizeOverflowsAreRejected) {
+  std::vector<float> buf(64, 1.0f);
+  const Index big = Index(1) << 32, half = Index(1) << 31;
+  const Shape4 shapes[] = {{big, big, 1, 1}, {half, 4, half, 1}, {1, 1, Index(1) << 61, 2}};
+  const softfree::ConstView4<float> small(buf.data(), 1, 1, 4, 16);
+  for (const std::string& name : softfree::attention_names()) {
+    const softfree::AnyAttention<float> f = softfree::make_attention<float>(name);
+    for (const Shape4& s : shapes) {
+      SCOPED_TRACE(::testing::Message() << name << " " << s);
+      const softfree::ConstView4<float> huge(buf.data(), s.B, s.H, s.N, s.D);
+      EXPECT_TRUE(throws_naming([&] { f(huge, huge, huge); }, {"q has shape", "overflows the index type"}));
+      EXPECT_TRUE(throws_naming([&] { f(small, small, huge); }, {"v has shape", "overflows"}));
+    }
+  }
 }
 
 }  // namespace

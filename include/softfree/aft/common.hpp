@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/checks.hpp"
 #include "../core/error.hpp"
 #include "../core/kernels/convert.hpp"
 #include "../core/kernels/gemm.hpp"
@@ -110,7 +111,7 @@ void aft_check_weights(const char* where, const char* name, const AftTable<Acc>&
   if (t.slots <= 0 || t.rows <= 0 || t.cols <= 0)
     fail(where, name, " has shape [", t.slots, ", ", t.rows, ", ", t.cols, "]: every dimension must be positive");
   for (size_t i = 0; i < t.w.size(); ++i)
-    if (!std::isfinite(static_cast<double>(t.w[i])))
+    if (!is_finite(static_cast<double>(t.w[i])))
       fail(where, name, " (shape [", t.slots, ", ", t.rows, ", ", t.cols, "]) has a non-finite entry ", t.w[i],
            " at flat index ", i);
 }

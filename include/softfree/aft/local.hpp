@@ -71,8 +71,8 @@ class AftLocal : public Attention<AftLocal<T>, T>, public detail::AftBias<AftLoc
   static constexpr const char* kName = "AftLocal";
   static constexpr Capabilities kCapabilities{true, false, ""};
 
-  /// s: the window half-width (keys with |t - t'| < s carry the bias); s >= 1. A bias is set for
-  /// one s: after changing window, set the bias again.
+  /// s: the window half-width (keys with |t - t'| < s carry the bias); s >= 1. Every s >= N means
+  /// the same as N (the whole bias). A bias is set for one s: after changing window, set it again.
   Index window = 32;
   bool causal = false;
   Parallel parallel;
@@ -103,7 +103,7 @@ class AftLocal : public Attention<AftLocal<T>, T>, public detail::AftBias<AftLoc
     check_window();
     if (!this->bias_) return;
     const auto& b = this->bias_->table();
-    if (this->bias_->window() != window)
+    if (std::min(window, b.rows) != std::min(this->bias_->window(), b.rows))
       detail::fail(kName, "window = ", window, " but the bias was set for window = ", this->bias_->window(),
                    ": set the bias again after changing window");
     if (b.rows != s.N)
@@ -123,15 +123,16 @@ class AftLocal : public Attention<AftLocal<T>, T>, public detail::AftBias<AftLoc
     detail::aft_check_weights(kName, "w", w);
     if (w.rows != w.cols)
       detail::fail(kName, "w has shape [", w.slots, ", ", w.rows, ", ", w.cols, "]: must be [1 or H, N, N]");
-    const Index n = w.rows, nb = 2 * window - 1;
+    // Clamped before 2s - 1 is formed: no larger band than N x N, and no overflow.
+    const Index n = w.rows, s = std::min(window, n), nb = 2 * s - 1;
     detail::AftTable<Acc> band(w.slots, n, nb);
     for (Index hs = 0; hs < w.slots; ++hs)
       for (Index t = 0; t < n; ++t)
         for (Index j = 0; j < nb; ++j) {
-          const Index tp = t - (window - 1) + j;
+          const Index tp = t - (s - 1) + j;
           if (tp >= 0 && tp < n) band(hs, t, j) = w(hs, t, tp);
         }
-    return std::make_shared<const Params>(window, std::move(band));
+    return std::make_shared<const Params>(s, std::move(band));
   }
 };
 
@@ -263,8 +264,10 @@ struct Kernel<AftLocal<T>> {
                           const View4<T>& out) {
     const Shape4 s = shape_of(q);
     const AftLocalBand<accum_t<T>>* band = f.bias_.get();
+    // The band's own s (a bias clamps it to N), else min(window, N): the same result for any s >= N.
+    const Index window = band ? band->window() : std::min(f.window, s.N);
     for_each_item(f.parallel, WorkGrid{s.B, s.H, s.N}, [&] {  // one item = one (b, h)
-      return [&, ws = AftLocalHead<T>(s.N, s.D, f.window)](const WorkGrid::Item& it) mutable {
+      return [&, ws = AftLocalHead<T>(s.N, s.D, window)](const WorkGrid::Item& it) mutable {
         ws.run(f.causal, band, it.h, head_slices(q, k, v, out, it.b, it.h));
       };
     });

@@ -1,14 +1,27 @@
 #pragma once
 // Input checks shared by every attention. Each throws softfree::invalid_argument naming the
 // argument and the shapes involved; all run before any output element is written.
-#include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 #include "tensor.hpp"
 
 namespace softfree {
 namespace detail {
+
+/// A shape with positive dimensions whose element count, and byte count, fit in Index (so
+/// Shape4::size() and every offset into the tensor are exact).
+inline void check_addressable(const char* where, const char* name, const Shape4& s, size_t elem_bytes) {
+  Index left = std::numeric_limits<Index>::max() / static_cast<Index>(elem_bytes);
+  for (Index d : {s.B, s.H, s.N, s.D}) {
+    if (d > left)
+      fail(where, name, " has shape ", s, ": its size (", elem_bytes, "-byte elements) overflows the index type");
+    left /= d;
+  }
+}
 
 /// Checks q, k, v of an attention `where` and returns the output shape [B, H, Nq, D].
 /// Every dimension must be positive (an empty tensor is an error, not an empty result: an
@@ -23,6 +36,7 @@ Shape4 check_qkv(const char* where, const Q& q, const K& k, const V& v, bool all
     const Shape4& s = shapes[i];
     if (s.B <= 0 || s.H <= 0 || s.N <= 0 || s.D <= 0)
       fail(where, names[i], " has shape ", s, " [B, H, N, D]: every dimension must be positive");
+    check_addressable(where, names[i], s, sizeof(typename Q::Scalar));
   }
   for (int i = 1; i < 3; ++i) {
     const Shape4& s = shapes[i];
@@ -57,14 +71,22 @@ void check_out(const char* where, const View4<T>& out, const Shape4& expected, c
   if (alias) fail(where, "out (shape ", so, ") overlaps an input tensor: pass a separate buffer");
 }
 
+/// x is neither infinite nor NaN, decided on its bits: under -ffast-math a consumer's compiler
+/// may assume no NaN or Inf exists and fold std::isfinite(x) to true.
+inline bool is_finite(double x) {
+  std::uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return (bits >> 52 & 0x7ff) != 0x7ff;
+}
+
 /// A strictly positive, finite scalar option.
 inline void check_positive_finite(const char* where, const char* name, double x) {
-  if (!(std::isfinite(x) && x > 0)) fail(where, name, " = ", x, ": must be positive and finite");
+  if (!(is_finite(x) && x > 0)) fail(where, name, " = ", x, ": must be positive and finite");
 }
 
 /// A non-negative, finite scalar option.
 inline void check_nonnegative_finite(const char* where, const char* name, double x) {
-  if (!(std::isfinite(x) && x >= 0)) fail(where, name, " = ", x, ": must be non-negative and finite");
+  if (!(is_finite(x) && x >= 0)) fail(where, name, " = ", x, ": must be non-negative and finite");
 }
 
 /// Per-batch valid key counts: empty (no padding) or exactly B values in [0, Nk].

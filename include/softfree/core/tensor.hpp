@@ -78,24 +78,43 @@ MatrixMap<T> head(const View4<T>& t, Index b, Index h) {
 
 namespace detail {
 
+/// An Eigen::Tensor or TensorMap (as opposed to an unevaluated tensor expression).
 template <class X>
-struct is_rowmajor_rank4 {
+struct is_tensor_or_map : std::false_type {};
+template <class S, int R, int O, class I>
+struct is_tensor_or_map<Eigen::Tensor<S, R, O, I>> : std::true_type {};
+template <class P, int O, template <class> class M>
+struct is_tensor_or_map<Eigen::TensorMap<P, O, M>> : std::true_type {};
+
+template <class X, bool = is_tensor_or_map<X>::value>
+struct is_rowmajor_rank4 : std::false_type {};
+template <class X>
+struct is_rowmajor_rank4<X, true> {
   static constexpr bool value = static_cast<int>(X::Layout) == static_cast<int>(Eigen::RowMajor) &&
                                 X::NumDimensions == 4;
 };
 
 }  // namespace detail
 
-/// Read-only view of a Tensor4<T> or of a (const) TensorMap of one. Column-major or other-rank
-/// tensors are rejected at compile time.
+/// Read-only view of a Tensor4<T> or of a (const) TensorMap of one. Expressions, column-major or
+/// other-rank tensors are rejected at compile time, each with its own message.
 template <class T, class X>
 ConstView4<T> as_const_view(const X& x) {
-  static_assert(detail::is_rowmajor_rank4<X>::value,
-                "softfree: tensors must be Eigen::Tensor<T, 4, Eigen::RowMajor> [B, H, N, D] "
-                "(or a TensorMap of one); column-major tensors are not accepted");
-  static_assert(std::is_same<std::remove_const_t<typename X::Scalar>, T>::value,
-                "softfree: tensor scalar type does not match the attention's storage type");
-  return ConstView4<T>(x.data(), x.dimensions());
+  constexpr bool tensor = detail::is_tensor_or_map<X>::value;
+  static_assert(tensor,
+                "softfree: q, k and v must be tensors (Eigen::Tensor<T, 4, Eigen::RowMajor> or a TensorMap of "
+                "one), not tensor expressions: evaluate an expression into a tensor first, for example "
+                "`Tensor4<float> q2 = q * 2.0f;`");
+  if constexpr (tensor) {
+    static_assert(detail::is_rowmajor_rank4<X>::value,
+                  "softfree: tensors must be Eigen::Tensor<T, 4, Eigen::RowMajor> [B, H, N, D] "
+                  "(or a TensorMap of one); column-major tensors are not accepted");
+    static_assert(std::is_same<std::remove_const_t<typename X::Scalar>, T>::value,
+                  "softfree: tensor scalar type does not match the attention's storage type");
+    return ConstView4<T>(x.data(), x.dimensions());
+  } else {
+    return ConstView4<T>(nullptr, 0, 0, 0, 0);  // not reached: the static_assert above failed
+  }
 }
 
 }  // namespace softfree

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "../core/checks.hpp"
 #include "../core/error.hpp"
 #include "../core/kernels/gemm.hpp"
 #include "../core/kernels/math.hpp"
@@ -49,9 +50,9 @@ namespace detail {
 
 inline void check_newton_options(const char* where, const char* prefix, const NewtonOptions& o) {
   if (o.steps < 0) fail(where, prefix, "steps = ", o.steps, ": must be >= 0");
-  if (!(std::isfinite(o.lambda) && o.lambda >= 0))
+  if (!(is_finite(o.lambda) && o.lambda >= 0))
     fail(where, prefix, "lambda = ", o.lambda, ": must be non-negative and finite");
-  if (!(std::isfinite(o.tolerance) && o.tolerance >= 0))
+  if (!(is_finite(o.tolerance) && o.tolerance >= 0))
     fail(where, prefix, "tolerance = ", o.tolerance, ": must be non-negative and finite (0 = no early stop)");
 }
 

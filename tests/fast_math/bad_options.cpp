@@ -1,0 +1,46 @@
+// The option checks of a consumer built with -ffast-math (ctest fast_math_*): there the compiler
+// may assume no NaN or Inf exists, so a check written with std::isfinite or x != x would fold
+// away and accept them. The bad values come through a volatile so that they are run-time values
+// here as they are in a consumer.
+#include <limits>
+
+#include "test_util.hpp"
+
+namespace {
+
+using namespace softfree_test;
+
+volatile double nan_value = std::numeric_limits<double>::quiet_NaN();
+volatile double inf_value = std::numeric_limits<double>::infinity();
+
+TEST(FastMath, NonFiniteOptionsAreRejected) {
+  const auto q = random_tensor<float>(1, 2, 8, 4, 1);
+  for (double bad : {double(nan_value), double(inf_value), -double(inf_value)}) {
+    SCOPED_TRACE(bad);
+    softfree::SoftmaxAttention<float> softmax;
+    softmax.scale = bad;
+    EXPECT_TRUE(throws_naming([&] { softmax(q, q, q); }, {"SoftmaxAttention", "scale"}));
+    softfree::SimA<float> sima;
+    sima.eps = bad;
+    EXPECT_TRUE(throws_naming([&] { sima(q, q, q); }, {"SimA", "eps"}));
+    softfree::SoftNystrom<float> nystrom;
+    nystrom.landmarks = softfree::Landmarks::segments(4);
+    nystrom.newton.lambda = bad;
+    EXPECT_TRUE(throws_naming([&] { nystrom(q, q, q); }, {"SoftNystrom", "lambda"}));
+    nystrom.newton.lambda = 0;
+    nystrom.newton.tolerance = bad;
+    EXPECT_TRUE(throws_naming([&] { nystrom(q, q, q); }, {"SoftNystrom", "tolerance"}));
+  }
+}
+
+TEST(FastMath, NonFiniteBiasIsRejected) {
+  for (double bad : {double(nan_value), double(inf_value)}) {
+    softfree::AftWeights<float> w(1, 8, 8);
+    w.setZero();
+    w(0, 2, 5) = static_cast<float>(bad);
+    EXPECT_TRUE(throws_naming([&] { softfree::AftFull<float>{}.set_bias(w); }, {"w", "non-finite"})) << bad;
+    EXPECT_TRUE(throws_naming([&] { (void)softfree::AftLocal<float>(2, w); }, {"AftLocal", "non-finite"})) << bad;
+  }
+}
+
+}  // namespace
