@@ -153,4 +153,47 @@ TEST(SimA, RejectsMismatchedShapesWithoutWriting) {
   EXPECT_TRUE(close_to_ref(softfree::make_attention<float>("sima")(q, q, q), to_ref(SimA<float>{}(q, q, q)), 0.0));
 }
 
+// Inputs near 1e19 (and 1e36, where a float column norm over 33 tokens overflows): the result,
+// about |v|, is representable, and every intermediate (Qn, Kn with |x| <= 1; Kn^T V <= max|v|)
+// is too. Float within its usual 1e-5, bfloat16 storage (float's range) within 4e-2: the same
+// bounds as at unit scale, since every step is scale-free. Per row too (rows differ in size).
+template <class T>
+void check_large_inputs(double magnitude, unsigned seed) {
+  const auto q = random_tensor<T>(1, 2, 33, 16, seed, -magnitude, magnitude),
+             k = random_tensor<T>(1, 2, 33, 16, seed + 1, -magnitude, magnitude),
+             v = random_tensor<T>(1, 2, 33, 16, seed + 2, -magnitude, magnitude);
+  const auto ref = softfree_ref::sima(to_ref(q), to_ref(k), to_ref(v));
+  for (SimAOrder order : {SimAOrder::QKFirst, SimAOrder::KVFirst}) {
+    SimA<T> attn;
+    attn.order = order;
+    const auto out = attn(q, k, v);
+    EXPECT_TRUE(close_to_ref(out, ref)) << "magnitude " << magnitude << ", order " << int(order);
+    EXPECT_TRUE(close_to_ref_rows(out, ref, 2 * tolerance<T>())) << "magnitude " << magnitude;
+  }
+}
+
+TEST(SimA, LargeInputsGiveTheirFiniteResult) {
+  for (double m : {1e19, 1e36}) {
+    check_large_inputs<float>(m, 141);
+    check_large_inputs<Eigen::bfloat16>(m, 151);
+  }
+}
+
+// eps = 0 and a channel whose l1 norm is subnormal in float (4 x 2.5e-41 = 1e-40): 1 / norm
+// (1e40) is not a float, but Qn = q / norm is 0.25 there; the result matches the reference.
+TEST(SimA, SubnormalNormWithZeroEps) {
+  auto q = random_tensor<float>(1, 1, 4, 8, 161), k = random_tensor<float>(1, 1, 4, 8, 162);
+  const auto v = random_tensor<float>(1, 1, 4, 8, 163);
+  for (Index n = 0; n < 4; ++n) q(0, 0, n, 2) = k(0, 0, n, 5) = 2.5e-41f;
+  const auto ref = softfree_ref::sima(to_ref(q), to_ref(k), to_ref(v), 0.0);
+  for (SimAOrder order : {SimAOrder::QKFirst, SimAOrder::KVFirst}) {
+    SimA<float> attn;
+    attn.eps = 0;
+    attn.order = order;
+    const auto out = attn(q, k, v);
+    EXPECT_TRUE(close_to_ref(out, ref)) << "order " << int(order);
+    EXPECT_TRUE(close_to_ref_rows(out, ref, 2e-5)) << "order " << int(order);
+  }
+}
+
 }  // namespace

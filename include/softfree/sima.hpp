@@ -9,8 +9,12 @@
 // reductions, one D x D x N product, a D x D rescale and one N x D x D product: O(N D^2), both
 // products through the kernel layer's gemm, or, with bf16 products (Math), on bf16 pairs
 // (core/kernels/pairs.hpp) accumulated in float: K^T V with K and V rounded, Q M with Q and the
-// rescaled M rounded. The norms stay exact. The short-sequence order stays in float.
+// rescaled M rounded. Inputs for which that overflows take Qn (Kn^T V) with Qn and Kn formed
+// first (SimAHead). The short-sequence order stays in float.
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
 
 #include "core/attention.hpp"
 #include "core/kernels/convert.hpp"
@@ -58,6 +62,11 @@ inline namespace SOFTFREE_ISA {
 
 /// One thread's SimA workspace and the two orders, per (b, h) head; Pairs: kv_first's products on
 /// bf16 pairs.
+///
+/// kv_first first tries M = diag(a b) (K^T V) straight from the tiles; where that overflows (K^T V
+/// for |x| ~ 1e19 in float, a float norm for |x| ~ 1e36) or a scale leaves float's normal range
+/// (1 / a subnormal norm with eps = 0), it forms Qn and Kn (each |entry| <= 1, scales in double)
+/// before any product instead, so every input whose result is representable gives it.
 template <class T, bool Pairs = false>
 class SimAHead {
   using Acc = accum_t<T>;
@@ -69,37 +78,21 @@ class SimAHead {
   using Tile = Tiling<4, 4>;
 
  public:
-  // M = K^T V (and later Q M) has row stride ldm: D, or D rounded up to whole packets for pairs.
-  SimAHead(Index d, Acc eps)
+  // M (row stride ldm: D, or D rounded up to whole packets for pairs).
+  SimAHead(Index d, double eps)
       : d_(d), ldm_(Pairs ? pad_to_16(d) : d), eps_(eps), qnorm_(static_cast<size_t>(d)), knorm_(qnorm_.size()),
-        kv_(static_cast<size_t>(d * ldm_)) {}
+        qscale_(d), kscale_(d), kv_(static_cast<size_t>(d * ldm_)) {}
 
-  // O = Q (diag(a b) (K^T V)).
+  // O = Q (diag(a b) (K^T V)), or Qn (Kn^T V).
   void kv_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op) {
     const Index d = d_, ldm = ldm_;
-    Acc* kv = kv_.data();
-    std::fill(kv_.begin(), kv_.end(), Acc(0));
-    std::fill(knorm_.begin(), knorm_.end(), Acc(0));
-    for (Index r0 = 0; r0 < nk; r0 += kTile) {
-      const Index rows = std::min(kTile, nk - r0);
-      const Acc* kt = load_k_(kp + r0 * d, rows, d).data();
-      const Acc* vt = load_v_(vp + r0 * d, rows, d).data();
-      add_kv(kt, vt, rows, kv);
-      add_abs_colsum(kt, rows, knorm_.data());
-    }
-    std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));
-    for (Index r0 = 0; r0 < nq; r0 += kTile) {
-      const Index rows = std::min(kTile, nq - r0);
-      add_abs_colsum(load_q_(qp + r0 * d, rows, d).data(), rows, qnorm_.data());
-    }
-    to_scales(qnorm_.data());
-    to_scales(knorm_.data());
-    for (Index c = 0; c < d; ++c)  // row c scaled by a_c b_c
-      MatrixMap<Acc>(kv + c * ldm, 1, d) *= qnorm_[static_cast<size_t>(c)] * knorm_[static_cast<size_t>(c)];
-    if constexpr (Pairs) pack_row_pairs<PairOps>(kv, d, d, ldm, reserve(mp_, pairs_of(d) * ldm), ldm);
+    const bool direct = direct_m(qp, nq, kp, vp, nk);
+    if (!direct) scaled_m(qp, nq, kp, vp, nk);
+    if constexpr (Pairs) pack_row_pairs<PairOps>(kv_.data(), d, d, ldm, reserve(mp_, pairs_of(d) * ldm), ldm);
     for (Index r0 = 0; r0 < nq; r0 += kTile) {
       const Index rows = std::min(kTile, nq - r0);
       const Acc* qt = load_q_(qp + r0 * d, rows, d).data();
+      if (!direct) qt = qscale_.apply(qt, rows);
       Acc* o = out_.begin(op + r0 * d, rows, d, ldm);
       if constexpr (Pairs) {  // o = Q M on pairs along D
         PairWord* qw = reserve(pw_, rows * pairs_of(d));
@@ -107,29 +100,21 @@ class SimAHead {
         gemm_pairs<Tile>(rows, ldm, pairs_of(d), PairA{qw, pairs_of(d), 1}, PairRowsB<PairOps>{mp_.data(), ldm},
                          StoreC<Acc>{o, ldm});
       } else {
-        gemm<Tile>(rows, d, d, StridedA<Acc>{qt, d, 1}, RowsB<Acc>{kv, d}, StoreC<Acc>{o, d});  // o = Q M
+        gemm<Tile>(rows, d, d, StridedA<Acc>{qt, d, 1}, RowsB<Acc>{kv_.data(), d}, StoreC<Acc>{o, d});  // o = Q M
       }
       out_.commit();
     }
   }
 
-  // O = ((Q diag(a b)) K^T) V: for short sequences, where the Nq x Nkv matrix is the small one.
+  // O = (Qn Kn^T) V: for short sequences, where the Nq x Nkv matrix is the small one.
   void qk_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op) {
     const Index d = d_;
-    const Acc* kt = load_k_(kp, nk, d).data();
-    const Acc* qt = load_q_(qp, nq, d).data();
-    std::fill(knorm_.begin(), knorm_.end(), Acc(0));
-    std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));
-    add_abs_colsum(kt, nk, knorm_.data());
-    add_abs_colsum(qt, nq, qnorm_.data());
-    to_scales(qnorm_.data());
-    to_scales(knorm_.data());
-    Acc* qs = reserve(qs_, nq * d);
-    for (Index r = 0; r < nq; ++r)
-      for (Index c = 0; c < d; ++c)
-        qs[r * d + c] = qt[r * d + c] * (qnorm_[static_cast<size_t>(c)] * knorm_[static_cast<size_t>(c)]);
+    norm_scales(load_k_, kp, nk, kscale_);
+    norm_scales(load_q_, qp, nq, qscale_);
+    const Acc* kn = kscale_.apply(load_k_(kp, nk, d).data(), nk);
+    const Acc* qn = qscale_.apply(load_q_(qp, nq, d).data(), nq);
     Acc* scores = reserve(scores_, nq * nk);
-    gemm_dot(nq, nk, d, qs, d, kt, d, StoreC<Acc>{scores, nk});
+    gemm_dot(nq, nk, d, qn, d, kn, d, StoreC<Acc>{scores, nk});
     Acc* o = out_.begin(op, nq, d);
     gemm<GeneralTiling>(nq, d, nk, StridedA<Acc>{scores, nk, 1}, RowsB<Acc>{load_v_(vp, nk, d).data(), d},
                         StoreC<Acc>{o, d});
@@ -137,19 +122,98 @@ class SimAHead {
   }
 
  private:
-  /// kv += kt^T vt over `rows` tokens (row stride ldm).
-  void add_kv(const Acc* kt, const Acc* vt, Index rows, Acc* kv) {
+  /// The per-channel scales 1 / max(norm, eps) (0 for an all-zero channel) and the scaled tile.
+  struct Scales {
+    explicit Scales(Index d) : d(d), wide(static_cast<size_t>(d)), narrow(static_cast<size_t>(d)) {}
+    /// x (rows x d) times the scales, into this workspace's buffer.
+    const Acc* apply(const Acc* x, Index rows) {
+      Acc* y = reserve(scaled, rows * d);
+      const Acc* sn = narrow.data();
+      const double* sw = wide.data();
+      if (in_range) {
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < d; ++c) y[r * d + c] = x[r * d + c] * sn[c];
+      } else {
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < d; ++c) y[r * d + c] = static_cast<Acc>(static_cast<double>(x[r * d + c]) * sw[c]);
+      }
+      return y;
+    }
+    Index d;
+    std::vector<double> wide;  // the exact scales
+    AlignedBuffer<Acc> narrow, scaled;
+    bool in_range = true;  // every scale a normal Acc (or 0): scale in Acc
+  };
+
+  /// x (>= 0 or NaN) is 0 or a normal Acc.
+  static bool normal_or_zero(double x) {
+    return x == 0 || (is_finite(x) && x >= static_cast<double>(std::numeric_limits<Acc>::min()) &&
+                      x <= static_cast<double>(std::numeric_limits<Acc>::max()));
+  }
+
+  /// kv = diag(a b) (K^T V) in Acc from the tiles as they are; false where anything overflowed or
+  /// a scale is not a normal Acc (then kv is to be rebuilt by scaled_m).
+  bool direct_m(const T* qp, Index nq, const T* kp, const T* vp, Index nk) {
     const Index d = d_, ldm = ldm_;
-    if constexpr (Pairs) {  // pairs along the tokens: K and V both as [pairs][ldm], K read as K^T
-      const Index tp = pairs_of(rows);
-      PairWord *kw = reserve(pw_, tp * ldm), *vw = reserve(vw_, tp * ldm);
-      pack_row_pairs<PairOps>(kt, rows, d, d, kw, ldm);
-      pack_row_pairs<PairOps>(vt, rows, d, d, vw, ldm);
-      gemm_pairs<Tile>(d, ldm, tp, PairA{kw, 1, ldm}, PairRowsB<PairOps>{vw, ldm}, AddC<Acc>{kv, ldm});
-    } else {
-      for (Index j = 0; j < rows; j += 64)  // 64 rows at a time, so the V rows it re-reads stay in L1
-        gemm<Tile>(d, d, std::min<Index>(64, rows - j), StridedA<Acc>{kt + j * d, 1, d}, RowsB<Acc>{vt + j * d, d},
-                   AddC<Acc>{kv, d});
+    Acc* kv = kv_.data();
+    std::fill(kv_.begin(), kv_.end(), Acc(0));
+    std::fill(knorm_.begin(), knorm_.end(), Acc(0));
+    for (Index r0 = 0; r0 < nk; r0 += kTile) {
+      const Index rows = std::min(kTile, nk - r0);
+      const Acc* kt = load_k_(kp + r0 * d, rows, d).data();
+      add_kv(kt, load_v_(vp + r0 * d, rows, d).data(), rows, kv);
+      add_abs_colsum(kt, rows, knorm_.data());
+    }
+    std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));
+    for (Index r0 = 0; r0 < nq; r0 += kTile) {
+      const Index rows = std::min(kTile, nq - r0);
+      add_abs_colsum(load_q_(qp + r0 * d, rows, d).data(), rows, qnorm_.data());
+    }
+    for (Index c = 0; c < d; ++c) {  // row c scaled by a_c b_c
+      const Acc a = scale_of(qnorm_[static_cast<size_t>(c)]), b = scale_of(knorm_[static_cast<size_t>(c)]);
+      const double ab = static_cast<double>(a) * static_cast<double>(b);  // exact
+      if (!normal_or_zero(static_cast<double>(a)) || !normal_or_zero(static_cast<double>(b)) || !normal_or_zero(ab))
+        return false;
+      for (Index j = 0; j < d; ++j)
+        if (!is_finite(static_cast<double>(kv[c * ldm + j]))) return false;
+      MatrixMap<Acc>(kv + c * ldm, 1, d) *= a * b;
+    }
+    return true;
+  }
+
+  /// kv = Kn^T V, Kn formed one tile at a time; qscale_ ready for Qn.
+  void scaled_m(const T* qp, Index nq, const T* kp, const T* vp, Index nk) {
+    const Index d = d_;
+    std::fill(kv_.begin(), kv_.end(), Acc(0));
+    norm_scales(load_k_, kp, nk, kscale_);
+    norm_scales(load_q_, qp, nq, qscale_);
+    for (Index r0 = 0; r0 < nk; r0 += kTile) {
+      const Index rows = std::min(kTile, nk - r0);
+      const Acc* kn = kscale_.apply(load_k_(kp + r0 * d, rows, d).data(), rows);
+      add_kv(kn, load_v_(vp + r0 * d, rows, d).data(), rows, kv_.data());
+    }
+  }
+
+  /// 1 / max(norm, eps) in Acc; an all-zero channel gets 0. Non-finite when the norm overflowed.
+  Acc scale_of(Acc norm) const { return norm > 0 ? Acc(1) / std::max(norm, static_cast<Acc>(eps_)) : Acc(0); }
+
+  /// Column l1 norms of x (n x d, read tile by tile) in double, then their scales.
+  template <class Loader>
+  void norm_scales(Loader& load, const T* x, Index n, Scales& s) const {
+    const Index d = d_;
+    std::fill(s.wide.begin(), s.wide.end(), 0.0);
+    for (Index r0 = 0; r0 < n; r0 += kTile) {
+      const Index rows = std::min(kTile, n - r0);
+      const Acc* t = load(x + r0 * d, rows, d).data();
+      for (Index r = 0; r < rows; ++r)
+        for (Index c = 0; c < d; ++c) s.wide[static_cast<size_t>(c)] += std::abs(static_cast<double>(t[r * d + c]));
+    }
+    s.in_range = true;
+    for (Index c = 0; c < d; ++c) {
+      double& w = s.wide[static_cast<size_t>(c)];
+      w = w > 0 ? 1.0 / std::max(w, eps_) : 0.0;
+      s.narrow[static_cast<size_t>(c)] = static_cast<Acc>(w);
+      s.in_range = s.in_range && normal_or_zero(w);
     }
   }
 
@@ -165,15 +229,28 @@ class SimAHead {
     }
   }
 
-  /// Turns column l1 norms into the scales 1 / max(norm, eps); an all-zero channel gets 0.
-  void to_scales(Acc* norm) const {
-    for (Index c = 0; c < d_; ++c) norm[c] = norm[c] > 0 ? Acc(1) / std::max(norm[c], eps_) : Acc(0);
+  /// kv += kn^T vt over `rows` tokens (row stride ldm).
+  void add_kv(const Acc* kn, const Acc* vt, Index rows, Acc* kv) {
+    const Index d = d_, ldm = ldm_;
+    if constexpr (Pairs) {  // pairs along the tokens: Kn and V both as [pairs][ldm], Kn read as Kn^T
+      const Index tp = pairs_of(rows);
+      PairWord *kw = reserve(pw_, tp * ldm), *vw = reserve(vw_, tp * ldm);
+      pack_row_pairs<PairOps>(kn, rows, d, d, kw, ldm);
+      pack_row_pairs<PairOps>(vt, rows, d, d, vw, ldm);
+      gemm_pairs<Tile>(d, ldm, tp, PairA{kw, 1, ldm}, PairRowsB<PairOps>{vw, ldm}, AddC<Acc>{kv, ldm});
+    } else {
+      for (Index j = 0; j < rows; j += 64)  // 64 rows at a time, so the V rows it re-reads stay in L1
+        gemm<Tile>(d, d, std::min<Index>(64, rows - j), StridedA<Acc>{kn + j * d, 1, d}, RowsB<Acc>{vt + j * d, d},
+                   AddC<Acc>{kv, d});
+    }
   }
 
   Index d_, ldm_;
-  Acc eps_;
-  AlignedBuffer<Acc> qnorm_, knorm_, partial_, kv_, qs_, scores_;
-  AlignedBuffer<PairWord> pw_, vw_, mp_;  // Pairs: K^T or Q, V, M as pair words
+  double eps_;
+  AlignedBuffer<Acc> qnorm_, knorm_;  // direct_m's float norms
+  Scales qscale_, kscale_;            // scaled_m's and qk_first's scales
+  AlignedBuffer<Acc> partial_, kv_, scores_;
+  AlignedBuffer<PairWord> pw_, vw_, mp_;  // Pairs: Kn^T or Qn, V, M as pair words
   TileLoader<T> load_q_, load_k_, load_v_;
   OutputTile<T> out_;
 };
@@ -197,7 +274,7 @@ struct Kernel<SimA<T>> {
     const Shape4 sq = shape_of(q), sk = shape_of(k);
     // One item = one (b, h): the column norms need every token of the head.
     for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N}, [&] {
-      return [&, ws = Head(sq.D, static_cast<accum_t<T>>(f.eps))](const WorkGrid::Item& it) mutable {
+      return [&, ws = Head(sq.D, f.eps)](const WorkGrid::Item& it) mutable {
         const HeadSlices<T> x = head_slices(q, k, v, out, it.b, it.h);
         if (how == SimAOrder::KVFirst)
           ws.kv_first(x.q, sq.N, x.k, x.v, sk.N, x.out);
