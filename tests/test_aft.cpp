@@ -23,29 +23,6 @@ using softfree_ref::Matrix;
 template <class T>
 using Acc = softfree::accum_t<T>;
 
-/// Uniform random weights [slots, rows, cols] in [lo, hi), in the accumulate type.
-template <class T>
-AftWeights<T> random_weights(Index slots, Index rows, Index cols, unsigned seed, double lo = -1.0, double hi = 1.0) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  AftWeights<T> w(slots, rows, cols);
-  for (Index i = 0; i < w.size(); ++i) w.data()[i] = static_cast<Acc<T>>(dist(gen));
-  return w;
-}
-
-/// The weights as the references take them: one Matrix per slot, exact values.
-template <class T>
-std::vector<Matrix> ref_weights(const AftWeights<T>& w) {
-  std::vector<Matrix> out;
-  for (Index s = 0; s < w.dimension(0); ++s) {
-    Matrix m(w.dimension(1), w.dimension(2));
-    for (Index r = 0; r < m.rows; ++r)
-      for (Index c = 0; c < m.cols; ++c) m(r, c) = static_cast<double>(w(s, r, c));
-    out.push_back(m);
-  }
-  return out;
-}
-
 template <class T>
 AftWeights<T> from_ref_weights(const std::vector<Matrix>& ms) {
   AftWeights<T> w(static_cast<Index>(ms.size()), ms[0].rows, ms[0].cols);

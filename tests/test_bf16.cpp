@@ -1160,27 +1160,6 @@ constexpr double kAftPairTol = 5 * 3.90625e-3 + 8 * 3.90625e-3 * 3.90625e-3 + 1e
 // again (u), Q rounded (u), Q M summed in float, the output rounded (u): 5u + 12u^2 per element.
 constexpr double kSimAPairTol = 5 * 3.90625e-3 + 12 * 3.90625e-3 * 3.90625e-3 + 1e-4;
 
-template <class T>
-softfree::AftWeights<T> aft_weights(Index slots, Index n, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<double> dist(-2.0, 2.0);
-  softfree::AftWeights<T> w(slots, n, n);
-  for (Index i = 0; i < w.size(); ++i) w.data()[i] = static_cast<float>(dist(gen));
-  return w;
-}
-
-// AftWeights<T> holds accumulate-type (float) values for every storage type but double.
-std::vector<softfree_ref::Matrix> aft_ref_weights(const softfree::AftWeights<float>& w) {
-  std::vector<softfree_ref::Matrix> out;
-  for (Index s = 0; s < w.dimension(0); ++s) {
-    softfree_ref::Matrix m(w.dimension(1), w.dimension(2));
-    for (Index r = 0; r < m.rows; ++r)
-      for (Index c = 0; c < m.cols; ++c) m(r, c) = static_cast<double>(w(s, r, c));
-    out.push_back(m);
-  }
-  return out;
-}
-
 class Bf16AftFull : public PairBackend {};
 
 // N = 1, 7 (one row group), 97 and 301 (ragged groups, an odd last key chunk past 128 and 256),
@@ -1192,11 +1171,11 @@ TEST_F(Bf16AftFull, MatchesReferencePerRow) {
         for (bool causal : {false, true}) {
           const auto q = random_tensor<bf16>(2, 3, n, d, 11, -2, 2), k = random_tensor<bf16>(2, 3, n, d, 12, -2, 2),
                      v = random_tensor<bf16>(2, 3, n, d, 13, 0, 1);
-          const auto w = aft_weights<bf16>(slots, n, 14);
+          const auto w = random_weights<bf16>(slots, n, n, 14, -2, 2);
           softfree::AftFull<bf16> f(w);
           f.causal = causal;
           ASSERT_TRUE(f.backend().native_bf16);
-          const auto ref = softfree_ref::aft_full(to_ref(q), to_ref(k), to_ref(v), aft_ref_weights(w), causal);
+          const auto ref = softfree_ref::aft_full(to_ref(q), to_ref(k), to_ref(v), ref_weights<float>(w), causal);
           EXPECT_TRUE(close_to_ref_rows(f(q, k, v), ref, kAftPairTol))
               << "N=" << n << " D=" << d << " slots=" << slots << " causal=" << causal;
         }
@@ -1212,10 +1191,10 @@ TEST_F(Bf16AftFull, OneHotValuesSeeEveryKey) {
       for (Index h = 0; h < 2; ++h)
         for (Index j = 0; j < n; ++j)
           for (Index c = 0; c < n; ++c) v(0, h, j, c) = bf16(j == c ? 1.0f : 0.0f);
-      const auto w = aft_weights<bf16>(1, n, 23);
+      const auto w = random_weights<bf16>(1, n, n, 23, -2, 2);
       softfree::AftFull<bf16> f(w);
       f.causal = causal;
-      const auto ref = softfree_ref::aft_full(to_ref(q), to_ref(k), to_ref(v), aft_ref_weights(w), causal);
+      const auto ref = softfree_ref::aft_full(to_ref(q), to_ref(k), to_ref(v), ref_weights<float>(w), causal);
       EXPECT_TRUE(close_to_ref_rows(f(q, k, v), ref, kAftPairTol, 1e-30)) << "N=" << n << " causal=" << causal;
     }
 }
@@ -1225,11 +1204,11 @@ TEST_F(Bf16AftFull, OneHotValuesSeeEveryKey) {
 TEST_F(Bf16AftFull, FloatStorageWithBf16Math) {
   const auto q = random_tensor<float>(1, 3, 197, 64, 31, -2, 2), k = random_tensor<float>(1, 3, 197, 64, 32, -2, 2),
              v = random_tensor<float>(1, 3, 197, 64, 33, 0, 1);
-  const auto w = aft_weights<float>(1, 197, 34);
+  const auto w = random_weights<float>(1, 197, 197, 34, -2, 2);
   softfree::AftFull<float> f(w);
   f.math = Math::bf16;
   ASSERT_TRUE(f.backend().native_bf16);
-  const auto ref = softfree_ref::aft_full(to_ref(q), to_ref(k), to_ref(v), aft_ref_weights(w), false);
+  const auto ref = softfree_ref::aft_full(to_ref(q), to_ref(k), to_ref(v), ref_weights<float>(w), false);
   EXPECT_TRUE(close_to_ref_rows(f(q, k, v), ref, kAftPairTol));
   f.math = Math::f32;
   EXPECT_FALSE(f.backend().native_bf16);

@@ -8,6 +8,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <softfree/softfree.hpp>
 
@@ -160,6 +161,31 @@ template <class T>
   if (worst) *worst = worst_ratio;
   if (failed) result << " (worst row ratio " << worst_ratio << ")";
   return result;
+}
+
+/// Uniform random AFT weights [slots, rows, cols] in [lo, hi), in the accumulate type (biases,
+/// conv kernels; deterministic for a seed).
+template <class T>
+softfree::AftWeights<T> random_weights(Index slots, Index rows, Index cols, unsigned seed, double lo = -1.0,
+                                       double hi = 1.0) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  softfree::AftWeights<T> w(slots, rows, cols);
+  for (Index i = 0; i < w.size(); ++i) w.data()[i] = static_cast<softfree::accum_t<T>>(dist(gen));
+  return w;
+}
+
+/// AFT weights as the references take them: one Matrix per slot, exact values.
+template <class T>
+std::vector<softfree_ref::Matrix> ref_weights(const softfree::AftWeights<T>& w) {
+  std::vector<softfree_ref::Matrix> out;
+  for (Index s = 0; s < w.dimension(0); ++s) {
+    softfree_ref::Matrix m(w.dimension(1), w.dimension(2));
+    for (Index r = 0; r < m.rows; ++r)
+      for (Index c = 0; c < m.cols; ++c) m(r, c) = static_cast<double>(w(s, r, c));
+    out.push_back(m);
+  }
+  return out;
 }
 
 /// max |scale q_i . k_j| over every head, in double: how large a test's logits are.
