@@ -10,6 +10,7 @@ namespace {
 using namespace softfree_test;
 using softfree::Landmarks;
 using softfree::NewtonInit;
+using softfree::NewtonDiagnostics;
 using softfree::NewtonOptions;
 using softfree::SoftGaussian;
 using softfree::SoftNystrom;
@@ -179,7 +180,10 @@ TEST(NewtonPinv, ZeroMatrix) {
   o.lambda = 0;
   const auto r0 = softfree::newton_pinv(z, o);
   EXPECT_TRUE(r0.inverse.isZero());
-  EXPECT_FALSE(r0.converged);
+  // V = 0 is exactly pinv(0): the Penrose residuals are 0, while ||I - P V|| stays sqrt(3).
+  EXPECT_EQ(r0.pinv_residual, 0.0);
+  EXPECT_NEAR(r0.residual, std::sqrt(3.0), 1e-6);
+  EXPECT_TRUE(r0.converged);
 }
 
 TEST(NewtonPinv, RejectsBadInput) {
@@ -429,6 +433,51 @@ TEST(Soft, CheckedBeforeWriting) {
   EXPECT_TRUE(throws_naming([&] { f(q, q, q, softfree::View4<float>(out.data(), out.dimensions())); },
                             {"segments(m = 49)"}));
   for (Index i = 0; i < out.size(); ++i) ASSERT_EQ(out.data()[i], 7.0f);
+}
+
+// A singular A with lambda = 0: ||I - A V|| >= sqrt(m - rank) for every V, so the identity
+// residual cannot show convergence; the Penrose conditions can. pinv(ones(5)) = ones(5) / 25.
+TEST(NewtonPinv, SingularMatrixConvergesToItsPseudoInverse) {
+  const Eigen::MatrixXd ones = Eigen::MatrixXd::Ones(5, 5);
+  NewtonOptions o;
+  o.lambda = 0;
+  const auto r = softfree::newton_pinv(ones, o);
+  EXPECT_NEAR((r.inverse - ones / 25).cwiseAbs().maxCoeff(), 0, 1e-12);
+  EXPECT_NEAR(r.residual, 2.0, 1e-10);  // sqrt(5 - 1)
+  EXPECT_LT(r.pinv_residual, 1e-12);
+  EXPECT_FALSE(r.restarted);
+  EXPECT_TRUE(r.converged);
+}
+
+// Cross-attention keys drawn apart from the queries make A = k(Qt, Kt) far from symmetric: the
+// official start diverges (to 1e200 in double, NaN in float). The call restarts it from
+// V0 = P^T / (||P||_1 ||P||_inf), says so, and its output is finite; where the restarted iteration
+// converged, the output is the exact-inverse result (LU in double) to float's accuracy.
+template <class T>
+void check_untied_divergence(Index nq, Index nk, Index m, Index d, unsigned seed) {
+  const auto q = random_tensor<T>(1, 2, nq, d, seed), k = random_tensor<T>(1, 2, nk, d, seed + 1),
+             v = random_tensor<T>(1, 2, nk, d, seed + 2);
+  SoftNystrom<T> f;
+  f.landmarks = Landmarks::segments(m);
+  Tensor4<T> out(1, 2, nq, d);
+  const NewtonDiagnostics diag = f.run(q, k, v, softfree::View4<T>(out.data(), out.dimensions()));
+  EXPECT_GE(diag.restarted, 1) << "the official start was expected to diverge here";
+  for (Index i = 0; i < out.size(); ++i)
+    ASSERT_TRUE(std::isfinite(static_cast<double>(out.data()[i]))) << "element " << i;
+  EXPECT_TRUE(std::isfinite(diag.residual) && std::isfinite(diag.pinv_residual));
+  if (diag.converged) {
+    const auto exact = softfree_ref::soft_nystrom_exact(to_ref(q), to_ref(k), to_ref(v),
+                                                        softfree_ref::landmarks_segments(to_ref(q), m),
+                                                        softfree_ref::landmarks_segments(to_ref(k), m), 0.01, false);
+    EXPECT_TRUE(close_to_ref(out, exact, 1e-3)) << "converged after the restart";  // ~ residual x cond
+  }
+}
+
+TEST(SoftNystrom, DivergingStartIsRestartedNeverNonFinite) {
+  check_untied_divergence<float>(40, 100, 20, 16, 301);
+  check_untied_divergence<double>(40, 100, 20, 16, 301);
+  check_untied_divergence<float>(197, 197, 49, 64, 311);
+  check_untied_divergence<double>(197, 197, 49, 64, 311);
 }
 
 }  // namespace

@@ -40,10 +40,19 @@ struct NewtonOptions {
 /// Result of newton_pinv: the iterate and how far it got.
 template <class Acc>
 struct NewtonResult {
-  RowMatrix<Acc> inverse;  ///< the final iterate V ~ P^-1
-  int steps = 0;           ///< steps run (fewer than options.steps after an early stop)
-  double residual = 0;     ///< ||I - P V||_F of the returned V
-  bool converged = false;  ///< residual < tolerance (or < kConvergedResidual when tolerance = 0)
+  RowMatrix<Acc> inverse;     ///< the final iterate V ~ P^+
+  int steps = 0;              ///< steps run (fewer than options.steps after an early stop)
+  double residual = 0;        ///< ||I - P V||_F of the returned V (>= sqrt(m - rank P) for any V)
+  /// How far V is from P's pseudo-inverse: the larger of the Penrose conditions' relative errors
+  /// ||P V P - P||_F / ||P||_F and ||V P V - V||_F / ||V||_F (0 for P = V = 0).
+  double pinv_residual = 0;
+  /// The configured start diverged (residual grew, or went non-finite: A far from symmetric, as
+  /// in cross-attention); the steps were run again from V0 = P^T / (||P||_1 ||P||_inf), which
+  /// converges for any P.
+  bool restarted = false;
+  /// residual or pinv_residual < tolerance (kConvergedResidual when tolerance = 0): V is P's
+  /// inverse, or for a singular P its pseudo-inverse, to that accuracy.
+  bool converged = false;
 };
 
 namespace detail {
@@ -56,14 +65,16 @@ inline void check_newton_options(const char* where, const char* prefix, const Ne
     fail(where, prefix, "tolerance = ", o.tolerance, ": must be non-negative and finite (0 = no early stop)");
 }
 
-inline bool newton_converged(const NewtonOptions& o, double residual) {
-  return residual < (o.tolerance > 0 ? o.tolerance : NewtonOptions::kConvergedResidual);
-}
-
 struct NewtonStats {
   int steps = 0;
-  double residual = 0;
+  double residual = 0, pinv_residual = 0;
+  bool restarted = false;
 };
+
+inline bool newton_converged(const NewtonOptions& o, const NewtonStats& st) {
+  const double bound = o.tolerance > 0 ? o.tolerance : NewtonOptions::kConvergedResidual;
+  return st.residual < bound || st.pinv_residual < bound;
+}
 
 inline namespace SOFTFREE_ISA {
 
@@ -151,6 +162,9 @@ class NewtonWorkspace {
   Map map(AlignedBuffer<Acc>& b) { return Map(b.data(), m, m, Eigen::OuterStride<>(ld)); }
   auto full(AlignedBuffer<Acc>& b) { return Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(b.data(), m * ld); }
   void start(const NewtonOptions& o, double row_sum);
+  void start_transposed();
+  void iterate(const NewtonOptions& o, NewtonStats& st);
+  double pinv_residual();
   void mul(const AlignedBuffer<Acc>& x, const AlignedBuffer<Acc>& y, AlignedBuffer<Acc>& dst, Form form);
   void mul_symmetric_result(const Acc* x, const Acc* y, Acc* c);
 
@@ -230,16 +244,28 @@ void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
   }
 }
 
+// V0 = P^T / (||P||_1 ||P||_inf): I - P V0 has its eigenvalues in [0, 1), so the iteration
+// converges for any P (to P^+ for a singular one), if slowly for an ill-conditioned P.
 template <class Acc>
-template <class Derived>
-NewtonStats NewtonWorkspace<Acc>::run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions& o) {
-  resize(a.rows());
-  p() = a;
-  symmetric_ = (a.array() == a.transpose().array()).all();
-  start(o, max_abs_row_sum(p_.data(), m, ld));
-  NewtonStats st;
+void NewtonWorkspace<Acc>::start_transposed() {
+  auto p = this->p(), v = this->v();
+  double col = 0;
+  for (Index j = 0; j < m; ++j) {
+    double sum = 0;
+    for (Index i = 0; i < m; ++i) sum += std::abs(static_cast<double>(p(i, j)));
+    col = std::max(col, sum);
+  }
+  const double norms = col * max_abs_row_sum(p_.data(), m, ld);
+  if (norms > 0)
+    v = static_cast<Acc>(1.0 / norms) * p.transpose();
+  else
+    v.setZero();
+}
+
+// The steps from v(); t() = P V on entry and on exit.
+template <class Acc>
+void NewtonWorkspace<Acc>::iterate(const NewtonOptions& o, NewtonStats& st) {
   const Form pv = symmetric_ ? Form::SymmetricFactors : Form::General;
-  mul(p_, v_, t_, pv);
   for (int s = 1; s <= o.steps; ++s) {
     mul(v_, t_, u_, symmetric_ ? Form::SymmetricResult : Form::General);
     full(v_) = Acc(2) * full(v_) - full(u_);  // padding: 2 * 0 - 0
@@ -248,6 +274,46 @@ NewtonStats NewtonWorkspace<Acc>::run(const Eigen::MatrixBase<Derived>& a, const
     if (o.tolerance > 0 && distance_to_identity(t_.data(), m, ld) < o.tolerance) break;
   }
   st.residual = distance_to_identity(t_.data(), m, ld);
+}
+
+// max(||T P - P|| / ||P||, ||V T - V|| / ||V||) with T = P V: two products, once per run.
+template <class Acc>
+double NewtonWorkspace<Acc>::pinv_residual() {
+  const auto rel = [this](const AlignedBuffer<Acc>& x, const AlignedBuffer<Acc>& ref) {
+    double diff = 0, norm = 0;
+    for (Index i = 0; i < m * ld; ++i) {
+      const double r = static_cast<double>(ref[static_cast<size_t>(i)]);
+      const double e = static_cast<double>(x[static_cast<size_t>(i)]) - r;
+      diff += e * e, norm += r * r;
+    }
+    return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+  };
+  mul(t_, p_, u_, Form::General);
+  const double e1 = rel(u_, p_);
+  mul(v_, t_, u_, Form::General);
+  const double e2 = rel(u_, v_);
+  return e1 >= e2 || e1 != e1 ? e1 : e2;  // keeps a NaN
+}
+
+template <class Acc>
+template <class Derived>
+NewtonStats NewtonWorkspace<Acc>::run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions& o) {
+  resize(a.rows());
+  p() = a;
+  symmetric_ = (a.array() == a.transpose().array()).all();
+  start(o, max_abs_row_sum(p_.data(), m, ld));
+  const Form pv = symmetric_ ? Form::SymmetricFactors : Form::General;
+  mul(p_, v_, t_, pv);
+  const double r0 = distance_to_identity(t_.data(), m, ld);
+  NewtonStats st;
+  iterate(o, st);
+  if (!(st.residual <= r0)) {  // diverged (or non-finite): the start that always converges
+    st.restarted = true;
+    start_transposed();
+    mul(p_, v_, t_, pv);
+    iterate(o, st);
+  }
+  st.pinv_residual = pinv_residual();
   return st;
 }
 
@@ -258,8 +324,9 @@ inline namespace SOFTFREE_ISA {
 
 /// Newton-Raphson (Newton-Schulz) pseudo-inverse of a square float or double matrix (SPEC.md
 /// "SOFT"): with the default options, 20 steps of V <- 2V - V P V from the official code's start,
-/// approximating (A + 0.01 I)^-1. The result carries the steps run and the residual
-/// ||I - P V||_F, so non-convergence is visible (converged = false), never silent.
+/// approximating (A + 0.01 I)^-1. The result carries the steps run, the residual ||I - P V||_F
+/// and the pseudo-inverse residual (Penrose conditions), so non-convergence is visible
+/// (converged = false), never silent; a start that diverges is restarted (restarted = true).
 /// Throws softfree::invalid_argument for a non-square or empty matrix or a bad option.
 template <class Derived>
 NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Derived>& a,
@@ -276,7 +343,9 @@ NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Deriv
   r.inverse = ws.v();
   r.steps = st.steps;
   r.residual = st.residual;
-  r.converged = detail::newton_converged(options, st.residual);
+  r.pinv_residual = st.pinv_residual;
+  r.restarted = st.restarted;
+  r.converged = detail::newton_converged(options, st);
   return r;
 }
 

@@ -21,10 +21,12 @@ namespace softfree {
 
 /// What a SoftNystrom call's pseudo-inverses did, over every (b, h) head: its report (run()).
 struct NewtonDiagnostics {
-  Index heads = 0;         ///< matrices inverted (B * H)
-  int steps = 0;           ///< most steps any head ran
-  double residual = 0;     ///< worst ||I - P V||_F over the heads
-  bool converged = false;  ///< every head converged (NewtonResult::converged)
+  Index heads = 0;           ///< matrices inverted (B * H)
+  int steps = 0;             ///< most steps any head ran (a restart's included)
+  double residual = 0;       ///< worst ||I - P V||_F over the heads
+  double pinv_residual = 0;  ///< worst NewtonResult::pinv_residual (Penrose conditions)
+  Index restarted = 0;       ///< heads whose start diverged and was restarted (NewtonResult::restarted)
+  bool converged = false;    ///< every head converged (NewtonResult::converged)
 };
 
 /// Q and K may differ, also in token count (landmark counts agree); with k == q it is the paper's
@@ -382,8 +384,10 @@ struct Kernel<SoftNystrom<T>> {
     dg.converged = true;
     for (const NewtonStats& st : stats) {
       dg.steps = std::max(dg.steps, st.steps);
-      if (!(st.residual <= dg.residual)) dg.residual = st.residual;  // keeps a NaN (diverged) visible
-      dg.converged = dg.converged && newton_converged(f.newton, st.residual);
+      if (!(st.residual <= dg.residual)) dg.residual = st.residual;  // keeps a NaN visible
+      if (!(st.pinv_residual <= dg.pinv_residual)) dg.pinv_residual = st.pinv_residual;
+      dg.restarted += st.restarted ? 1 : 0;
+      dg.converged = dg.converged && newton_converged(f.newton, st);
     }
     return dg;
   }
