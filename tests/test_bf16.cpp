@@ -620,6 +620,34 @@ TEST_F(Bf16Stability, GaussianLargeKeys) {
   record("worst_row_tied", tied);
 }
 
+// Tokens c + U(-4, 4) far from the origin (D = 16, Q != K and tied; at c = 1000 bf16's spacing
+// is 4, so tokens still differ): the products take the rounded tokens about a bf16 centre, exactly
+// (Sterbenz), so bfloat16 storage and float storage with Math::bf16 keep their bounds against the
+// reference on the operands; the expansion in float lost 0.2 of a row at c = 1000.
+TEST_F(Bf16Stability, GaussianFarFromTheOrigin) {
+  double worst = 0;
+  for (double c : {0.0, 10.0, 100.0, 1000.0})
+    for (bool tied : {false, true}) {
+      const auto q = random_tensor<float>(1, 2, 130, 16, 1110, c - 4, c + 4);
+      const auto k = tied ? q : random_tensor<float>(1, 2, 130, 16, 1111, c - 4, c + 4);
+      const auto v = random_tensor<float>(1, 2, 130, 16, 1112, 0.0, 1.0);
+      const auto qb = cast_tensor<bf16>(q), kb = cast_tensor<bf16>(k), vb = cast_tensor<bf16>(v);
+      const auto fb = make<GaussianM, bf16>(kPlain, Math::automatic);
+      const auto ff = make<GaussianM, float>(kPlain, Math::bf16);
+      const auto got = fb(qb, tied ? qb : kb, vb);
+      const auto ref = reference(fb, qb, kb, vb);
+      const std::string at = "offset " + std::to_string(c) + (tied ? " tied" : " untied");
+      double w = 0;
+      EXPECT_TRUE(close_to_ref_rows(got, ref, kBf16Storage, 1e-30, &w)) << "bfloat16, " << at;
+      worst = std::max(worst, w);
+      const auto as_float = ff(q, tied ? q : k, v);
+      EXPECT_TRUE(close_to_ref_rows(as_float, ref, kFloatStorage, 1e-30, &w)) << "float + Math::bf16, " << at;
+      worst = std::max(worst, w);
+      EXPECT_TRUE(rounds_to(as_float, got)) << "float + Math::bf16 against bfloat16 storage, " << at;
+    }
+  record("worst_row", worst);
+}
+
 // ------------------------------------------------------------------ masking on the pairs
 
 class Bf16Masking : public PairBackend {};

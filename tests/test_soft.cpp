@@ -76,6 +76,54 @@ TYPED_TEST(SoftTyped, GaussianFarApartKeysGiveExactZeros) {
   }
 }
 
+// The float error of plain loops computing ||x - y||^2 directly (no expansion to cancel), exp and
+// the weighted sum in float: what float can do on given inputs.
+Tensor4<float> direct_gaussian_float(const Tensor4<float>& q, const Tensor4<float>& k, const Tensor4<float>& v) {
+  const Index H = q.dimension(1), nq = q.dimension(2), nk = k.dimension(2), d = q.dimension(3);
+  const float c = 1.0f / (2.0f * std::sqrt(static_cast<float>(d)));
+  Tensor4<float> out(1, H, nq, d);
+  out.setZero();
+  for (Index h = 0; h < H; ++h)
+    for (Index i = 0; i < nq; ++i)
+      for (Index j = 0; j < nk; ++j) {
+        float d2 = 0;
+        for (Index e = 0; e < d; ++e) d2 += (q(0, h, i, e) - k(0, h, j, e)) * (q(0, h, i, e) - k(0, h, j, e));
+        const float w = std::exp(-d2 * c);
+        for (Index e = 0; e < d; ++e) out(0, h, i, e) += w * v(0, h, j, e);
+      }
+  return out;
+}
+
+// Worst row ratio (close_to_ref_rows) and max |got - ref| / max |ref| over the tensor.
+std::pair<double, double> row_and_tensor_errors(const Tensor4<float>& got, const softfree_ref::Tensor& ref) {
+  double row = 0, scale = 0, err = 0;
+  EXPECT_TRUE(close_to_ref_rows(got, ref, 1.0, 1e-30, &row));
+  for (Index i = 0; i < got.size(); ++i) {
+    scale = std::max(scale, std::abs(ref.data[static_cast<size_t>(i)]));
+    err = std::max(err, std::abs(got.data()[i] - ref.data[static_cast<size_t>(i)]));
+  }
+  return {row, err / scale};
+}
+
+// Tokens c + U(-0.5, 0.5) far from the origin (D = 16; Q != K and tied): the expansion
+// |x|^2 + |y|^2 - 2 x.y in float lost u |x|^2 s to cancellation (relative error 2.5e-5 at
+// c = 10, 2.5e-3 at 100, 0.17 at 1000); about the keys' mean, SoftGaussian is within 2x of the
+// direct differences, per row and per tensor, at every offset.
+TEST(SoftGaussian, FarFromTheOriginAsDirectDifferences) {
+  for (double c : {0.0, 10.0, 100.0, 1000.0})
+    for (bool tied : {false, true}) {
+      const auto q = random_tensor<float>(1, 2, 300, 16, 15, c - 0.5, c + 0.5);
+      const auto k = tied ? q : random_tensor<float>(1, 2, 300, 16, 16, c - 0.5, c + 0.5);
+      const auto v = random_tensor<float>(1, 2, 300, 16, 17, 0.0, 1.0);
+      const auto ref = softfree_ref::soft_gaussian(to_ref(q), to_ref(k), to_ref(v));
+      const auto got = row_and_tensor_errors(SoftGaussian<float>{}(q, tied ? q : k, v), ref);
+      const auto direct = row_and_tensor_errors(direct_gaussian_float(q, k, v), ref);
+      const std::string at = "offset " + std::to_string(c) + (tied ? " tied" : " untied");
+      EXPECT_LE(got.first, 2 * direct.first) << at << ": per row";
+      EXPECT_LE(got.second, 2 * direct.second) << at << ": per tensor";
+    }
+}
+
 TEST(SoftGaussian, ThreadCountDoesNotChangeBits) {
   const auto q = random_tensor<float>(2, 3, 200, 32, 12), k = random_tensor<float>(2, 3, 200, 32, 13),
              v = random_tensor<float>(2, 3, 200, 32, 14);

@@ -20,8 +20,11 @@
 //       // ST -> weights in place; returns how many leading keys of the tile every query sees
 //   Index hidden(Index key) const;                // for the rest: queries [0, hidden) skip it
 //   Acc row_factor(Index r) const;                // scale of output row r at the end
-// The queries and keys a Score sees are the products' operands (for bf16 products, rounded).
+//   static constexpr bool kTranslationInvariant;  // optional (false): see Centring
+// The queries and keys a Score sees are the products' operands (for bf16 products, rounded;
+// for a translation-invariant Score, centred).
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 
 #include "../schedule.hpp"
@@ -34,6 +37,94 @@ namespace softfree {
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
+/// Whether a Score's weights depend on its queries and keys only through their differences
+/// (Score::kTranslationInvariant): its products may then take both about a centre.
+template <class Score, class = void>
+struct translation_invariant : std::false_type {};
+template <class Score>
+struct translation_invariant<Score, std::void_t<decltype(Score::kTranslationInvariant)>>
+    : std::integral_constant<bool, Score::kTranslationInvariant> {};
+
+/// The queries and keys of a translation-invariant Score, taken about a centre per head: a
+/// product of centred operands does not cancel where ||x - y|| is small next to |x| (x.y carries
+/// an error of u |x| |y|). The centre is the keys' mean, per column where that pays (pays()),
+/// else 0; for bf16 operands (Bf16) rounded to bf16, so x - c is exact and the operands stay the
+/// rounded inputs, moved. Disabled (Enabled false): the operands as loaded, at no cost.
+template <class Acc, bool Enabled, bool Bf16>
+class Centring {
+ public:
+  /// The head's nk keys k (d values each; src their storage, to know a head seen last) centred.
+  const Acc* keys(const void* src, const Acc* k, Index nk, Index d) {
+    if (src != src_ || nk != nk_ || d != d_) {
+      src_ = src, nk_ = nk, d_ = d;
+      centred_ = key_centre(k, nk);
+      if (centred_) subtract(k, nk, reserve(keys_, nk * d));
+    }
+    return centred_ ? keys_.data() : k;
+  }
+  /// A block of queries, centred as the keys.
+  ConstMatrixMap<Acc> queries(const ConstMatrixMap<Acc>& q) {
+    if (!centred_) return q;
+    subtract(q.data(), q.rows(), reserve(queries_, q.rows() * d_));
+    return ConstMatrixMap<Acc>(queries_.data(), q.rows(), d_);
+  }
+
+ private:
+  /// The centre of the keys into centre_; false when it is 0 (nothing to subtract).
+  bool key_centre(const Acc* k, Index nk) {
+    Acc *c = reserve(centre_, d_), *spread = reserve(spread_, d_);
+    std::fill(c, c + d_, Acc(0));
+    std::fill(spread, spread + d_, Acc(0));
+    for (Index j = 0; j < nk; ++j)
+      for (Index i = 0; i < d_; ++i) c[i] += k[j * d_ + i];
+    for (Index i = 0; i < d_; ++i) c[i] /= static_cast<Acc>(std::max<Index>(nk, 1));
+    for (Index j = 0; j < nk; ++j)
+      for (Index i = 0; i < d_; ++i) {
+        const Acc e = k[j * d_ + i] - c[i];
+        spread[i] = Bf16 ? std::max(spread[i], std::abs(e)) : spread[i] + e * e;
+      }
+    bool any = false;
+    for (Index i = 0; i < d_; ++i) {
+      c[i] = pays(c[i], spread[i], nk) ? rounded(c[i]) : Acc(0);
+      any = any || c[i] != 0;
+    }
+    return any;
+  }
+  /// Whether centring a column at its mean m pays. Float: where m^2 exceeds the keys' variance
+  /// (below, their mean |x|^2 is at most twice the mean |x - m|^2: little to gain, and a few far
+  /// keys would move m away from the rest). bf16: where every key is within |m| / 3 of m, so
+  /// within [c/2, 2c] of the rounded c (Sterbenz: x - c exact). A non-finite m never pays.
+  static bool pays(Acc m, Acc spread, Index nk) {
+    if (!std::isfinite(m)) return false;
+    return Bf16 ? 3 * spread < std::abs(m) : spread < m * m * static_cast<Acc>(nk);
+  }
+  static Acc rounded(Acc m) {
+    if constexpr (!Bf16) return m;
+    Eigen::bfloat16 b;
+    from_float(m, &b);
+    return to_float(b);
+  }
+  /// dst = x - c, rows of d_ values (bf16: rounded, for queries beyond the keys' range).
+  void subtract(const Acc* x, Index rows, Acc* dst) const {
+    const Acc* c = centre_.data();
+    for (Index r = 0; r < rows; ++r)
+      for (Index i = 0; i < d_; ++i) dst[r * d_ + i] = x[r * d_ + i] - c[i];
+    if constexpr (Bf16) round_to_bf16(dst, rows * d_);
+  }
+
+  AlignedBuffer<Acc> centre_, spread_, keys_, queries_;
+  const void* src_ = nullptr;
+  Index nk_ = -1, d_ = 0;
+  bool centred_ = false;
+};
+
+template <class Acc, bool Bf16>
+class Centring<Acc, false, Bf16> {
+ public:
+  const Acc* keys(const void*, const Acc* k, Index, Index) { return k; }
+  ConstMatrixMap<Acc> queries(const ConstMatrixMap<Acc>& q) { return q; }
+};
+
 // Four packets of queries (64 with AVX-512 float), kept transposed in L1 with the D x 64
 // accumulator; 128-key tiles, so a score tile (32 KiB) stays in L1 too.
 template <class Acc>
@@ -41,8 +132,8 @@ constexpr Index kFlashBlockQ = 4 * kLanes<Acc>;
 constexpr Index kFlashBlockK = 128;
 
 /// The flash block's two products on accumulate-type operands: QT scaled in the accumulate type,
-/// K and V as loaded (converted once per head and thread).
-template <class T>
+/// K and V as loaded (converted once per head and thread), Q and K centred when Centred.
+template <class T, bool Centred = false>
 class AccumProducts {
  public:
   using Storage = T;
@@ -53,7 +144,7 @@ class AccumProducts {
   using Tile = Tiling<4, 4>;
 
   void bind(const T* k, const T* v, Index nk, Index d) {
-    k_ = load_k_(k, nk, d).data();
+    k_ = centring_.keys(k, load_k_(k, nk, d).data(), nk, d);
     v_ = load_v_(v, nk, d).data();
     d_ = d;
   }
@@ -62,7 +153,7 @@ class AccumProducts {
 
   /// The block's queries (rows x d) as loaded; QT = s q^T for the score product.
   ConstMatrixMap<Acc> queries(const T* src, Index rows, Acc s) {
-    const auto q = load_q_(src, rows, d_);
+    const auto q = centring_.queries(load_q_(src, rows, d_));
     Acc* qt = reserve(qt_, d_ * kBlockQ);
     for (Index c = 0; c < d_; ++c) {
       for (Index r = 0; r < rows; ++r) qt[c * kBlockQ + r] = q(r, c) * s;
@@ -84,6 +175,7 @@ class AccumProducts {
 
  private:
   TileLoader<T> load_q_, load_k_, load_v_;
+  Centring<Acc, Centred, false> centring_;
   AlignedBuffer<Acc> qt_;
   const Acc *k_ = nullptr, *v_ = nullptr;
   Index d_ = 0;
@@ -91,8 +183,9 @@ class AccumProducts {
 
 /// The flash block's two products on bf16 pairs (pairs.hpp), accumulated in float: K packed once
 /// per head along D, V^T once per head along the keys, Q^T per block, each weight tile rounded to
-/// bf16 after its exponent. The score scale is applied to the float sums (ScaledC).
-template <class T, class Ops>
+/// bf16 after its exponent. The score scale is applied to the float sums (ScaledC). Q and K
+/// centred when Centred (after their rounding, exactly where the Centring allows).
+template <class T, class Ops, bool Centred = false>
 class PairProducts {
  public:
   using Storage = T;
@@ -102,7 +195,7 @@ class PairProducts {
 
   void bind(const T* k, const T* v, Index nk, Index d) {
     const bool same = k == k_src_ && v == v_src_ && nk == nk_ && d == d_;
-    k_ = load_k_(k, nk, d).data();
+    k_ = centring_.keys(k, load_k_(k, nk, d).data(), nk, d);
     v_ = load_v_(v, nk, d).data();
     if (same) return;
     k_src_ = k, v_src_ = v, nk_ = nk, d_ = d, dp_ = pairs_of(d), vp_ld_ = pairs_of(nk);
@@ -113,7 +206,7 @@ class PairProducts {
   const float* values() const { return v_; }
 
   ConstMatrixMap<float> queries(const T* src, Index rows, float s) {
-    const auto q = load_q_(src, rows, d_);
+    const auto q = centring_.queries(load_q_(src, rows, d_));
     PairWord* qp = reserve(qp_, dp_ * kBlockQ);
     std::fill(qp, qp + dp_ * kBlockQ, PairWord(0));  // padding queries: zeros
     pack_rows(q.data(), rows, d_, d_, qp, 1, kBlockQ);     // Q^T: query r's pair t at qp[t * kBlockQ + r]
@@ -144,6 +237,7 @@ class PairProducts {
 
  private:
   Bf16Loader<T> load_q_, load_k_, load_v_;
+  Centring<float, Centred, true> centring_;
   AlignedBuffer<PairWord> kp_, vp_, qp_, wp_;
   const float *k_ = nullptr, *v_ = nullptr;
   const T *k_src_ = nullptr, *v_src_ = nullptr;
@@ -231,8 +325,10 @@ void flash_run(const Parallel& par, const ConstView4<T>& q, const ConstView4<T>&
 template <class T, class MakeScore, class Prepare>
 void flash_attention(const Parallel& par, Products kind, const ConstView4<T>& q, const ConstView4<T>& k,
                      const ConstView4<T>& v, const View4<T>& out, const MakeScore& make_score, const Prepare& prepare) {
+  constexpr bool centred = translation_invariant<std::decay_t<decltype(make_score())>>::value;
   with_products<T>(kind, [&](auto pairs) {
-    using Prod = std::conditional_t<decltype(pairs)::value, PairProducts<T, PairOps>, AccumProducts<T>>;
+    using Prod =
+        std::conditional_t<decltype(pairs)::value, PairProducts<T, PairOps, centred>, AccumProducts<T, centred>>;
     flash_run<Prod>(par, q, k, v, out, make_score, prepare);
   });
 }
