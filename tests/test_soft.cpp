@@ -512,7 +512,9 @@ void check_untied_divergence(Index nq, Index nk, Index m, Index d, unsigned seed
   EXPECT_GE(diag.restarted, 1) << "the official start was expected to diverge here";
   for (Index i = 0; i < out.size(); ++i)
     ASSERT_TRUE(std::isfinite(static_cast<double>(out.data()[i]))) << "element " << i;
-  EXPECT_TRUE(std::isfinite(diag.residual) && std::isfinite(diag.pinv_residual));
+  EXPECT_TRUE(std::isfinite(diag.residual) && std::isfinite(diag.pinv_residual))
+      << "residual " << diag.residual << ", pinv_residual " << diag.pinv_residual << ", restarted " << diag.restarted
+      << " of " << diag.heads << ", N " << nq << " x " << nk;
   if (diag.converged) {
     const auto exact = softfree_ref::soft_nystrom_exact(to_ref(q), to_ref(k), to_ref(v),
                                                         softfree_ref::landmarks_segments(to_ref(q), m),

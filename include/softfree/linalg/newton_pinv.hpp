@@ -248,6 +248,8 @@ void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
 // converges for any P (to P^+ for a singular one), if slowly for an ill-conditioned P.
 template <class Acc>
 void NewtonWorkspace<Acc>::start_transposed() {
+  // A diverged run leaves non-finite values, in the padding too (inf * 0): zero it again.
+  for (AlignedBuffer<Acc>* b : {&v_, &t_, &u_}) std::fill(b->begin(), b->end(), Acc(0));
   auto p = this->p(), v = this->v();
   double col = 0;
   for (Index j = 0; j < m; ++j) {
