@@ -109,10 +109,13 @@ class SimAHead {
   // O = (Qn Kn^T) V: for short sequences, where the Nq x Nkv matrix is the small one.
   void qk_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op) {
     const Index d = d_;
-    norm_scales(load_k_, kp, nk, kscale_);
-    norm_scales(load_q_, qp, nq, qscale_);
-    const Acc* kn = kscale_.apply(load_k_(kp, nk, d).data(), nk);
-    const Acc* qn = qscale_.apply(load_q_(qp, nq, d).data(), nq);
+    const Acc* kt = load_k_(kp, nk, d).data();
+    const Acc* qt = load_q_(qp, nq, d).data();
+    kscale_.reset(), qscale_.reset();
+    kscale_.add_abs(kt, nk), qscale_.add_abs(qt, nq);
+    kscale_.to_scales(eps_), qscale_.to_scales(eps_);
+    const Acc* kn = kscale_.apply(kt, nk);
+    const Acc* qn = qscale_.apply(qt, nq);
     Acc* scores = reserve(scores_, nq * nk);
     gemm_dot(nq, nk, d, qn, d, kn, d, StoreC<Acc>{scores, nk});
     Acc* o = out_.begin(op, nq, d);
@@ -122,27 +125,30 @@ class SimAHead {
   }
 
  private:
-  /// The per-channel scales 1 / max(norm, eps) (0 for an all-zero channel) and the scaled tile.
+  /// Per channel the l1 norm in double, then the scale 1 / max(norm, eps) (0 for an all-zero
+  /// channel), and tiles scaled by it in double (this path serves inputs beyond float's range).
   struct Scales {
-    explicit Scales(Index d) : d(d), wide(static_cast<size_t>(d)), narrow(static_cast<size_t>(d)) {}
+    explicit Scales(Index d) : d(d), s(static_cast<size_t>(d)) {}
+    void reset() { std::fill(s.begin(), s.end(), 0.0); }
+    /// Adds the column sums of |x| (rows x d).
+    void add_abs(const Acc* x, Index rows) {
+      for (Index r = 0; r < rows; ++r)
+        for (Index c = 0; c < d; ++c) s[static_cast<size_t>(c)] += std::abs(static_cast<double>(x[r * d + c]));
+    }
+    void to_scales(double eps) {
+      for (double& w : s) w = w > 0 ? 1.0 / std::max(w, eps) : 0.0;
+    }
     /// x (rows x d) times the scales, into this workspace's buffer.
     const Acc* apply(const Acc* x, Index rows) {
       Acc* y = reserve(scaled, rows * d);
-      const Acc* sn = narrow.data();
-      const double* sw = wide.data();
-      if (in_range) {
-        for (Index r = 0; r < rows; ++r)
-          for (Index c = 0; c < d; ++c) y[r * d + c] = x[r * d + c] * sn[c];
-      } else {
-        for (Index r = 0; r < rows; ++r)
-          for (Index c = 0; c < d; ++c) y[r * d + c] = static_cast<Acc>(static_cast<double>(x[r * d + c]) * sw[c]);
-      }
+      for (Index r = 0; r < rows; ++r)
+        for (Index c = 0; c < d; ++c)
+          y[r * d + c] = static_cast<Acc>(static_cast<double>(x[r * d + c]) * s[static_cast<size_t>(c)]);
       return y;
     }
     Index d;
-    std::vector<double> wide;  // the exact scales
-    AlignedBuffer<Acc> narrow, scaled;
-    bool in_range = true;  // every scale a normal Acc (or 0): scale in Acc
+    std::vector<double> s;
+    AlignedBuffer<Acc> scaled;
   };
 
   /// x (>= 0 or NaN) is 0 or a normal Acc.
@@ -185,8 +191,16 @@ class SimAHead {
   void scaled_m(const T* qp, Index nq, const T* kp, const T* vp, Index nk) {
     const Index d = d_;
     std::fill(kv_.begin(), kv_.end(), Acc(0));
-    norm_scales(load_k_, kp, nk, kscale_);
-    norm_scales(load_q_, qp, nq, qscale_);
+    kscale_.reset(), qscale_.reset();
+    for (Index r0 = 0; r0 < nk; r0 += kTile) {
+      const Index rows = std::min(kTile, nk - r0);
+      kscale_.add_abs(load_k_(kp + r0 * d, rows, d).data(), rows);
+    }
+    for (Index r0 = 0; r0 < nq; r0 += kTile) {
+      const Index rows = std::min(kTile, nq - r0);
+      qscale_.add_abs(load_q_(qp + r0 * d, rows, d).data(), rows);
+    }
+    kscale_.to_scales(eps_), qscale_.to_scales(eps_);
     for (Index r0 = 0; r0 < nk; r0 += kTile) {
       const Index rows = std::min(kTile, nk - r0);
       const Acc* kn = kscale_.apply(load_k_(kp + r0 * d, rows, d).data(), rows);
@@ -196,26 +210,6 @@ class SimAHead {
 
   /// 1 / max(norm, eps) in Acc; an all-zero channel gets 0. Non-finite when the norm overflowed.
   Acc scale_of(Acc norm) const { return norm > 0 ? Acc(1) / std::max(norm, static_cast<Acc>(eps_)) : Acc(0); }
-
-  /// Column l1 norms of x (n x d, read tile by tile) in double, then their scales.
-  template <class Loader>
-  void norm_scales(Loader& load, const T* x, Index n, Scales& s) const {
-    const Index d = d_;
-    std::fill(s.wide.begin(), s.wide.end(), 0.0);
-    for (Index r0 = 0; r0 < n; r0 += kTile) {
-      const Index rows = std::min(kTile, n - r0);
-      const Acc* t = load(x + r0 * d, rows, d).data();
-      for (Index r = 0; r < rows; ++r)
-        for (Index c = 0; c < d; ++c) s.wide[static_cast<size_t>(c)] += std::abs(static_cast<double>(t[r * d + c]));
-    }
-    s.in_range = true;
-    for (Index c = 0; c < d; ++c) {
-      double& w = s.wide[static_cast<size_t>(c)];
-      w = w > 0 ? 1.0 / std::max(w, eps_) : 0.0;
-      s.narrow[static_cast<size_t>(c)] = static_cast<Acc>(w);
-      s.in_range = s.in_range && normal_or_zero(w);
-    }
-  }
 
   /// Adds sum_rows |x| to norm, summing each chunk of 256 rows apart first so the rounding error
   /// grows with the chunk, not with N.
