@@ -1227,6 +1227,39 @@ TEST_F(Bf16AftFull, OneHotValuesSeeEveryKey) {
     }
 }
 
+// test_aft.cpp's HugeKeysStayFiniteAndCorrect on the pairs: keys of magnitude up to 150 (e^150 is
+// far beyond float) with biases in [-2, 2), so only the column shift by max K keeps X finite, and
+// most keys' e^{K - max K} underflow in bf16 as in float. Every term stays >= 0 (v in [0, 1)), so
+// the per-element bound above still holds; the rows must also be finite.
+TEST_F(Bf16AftFull, HugeKeysStayFiniteAndCorrect) {
+  for (Index n : {40, 197})
+    for (Index d : {8, 64})
+      for (bool causal : {false, true}) {
+        const auto q = random_tensor<float>(1, 2, n, d, 41, -2, 2), k = random_tensor<float>(1, 2, n, d, 42, -150, 150),
+                   v = random_tensor<float>(1, 2, n, d, 43, 0, 1);
+        const auto w = random_weights<float>(2, n, n, 44, -2, 2);
+        const auto qb = cast_tensor<bf16>(q), kb = cast_tensor<bf16>(k), vb = cast_tensor<bf16>(v);
+        softfree::AftFull<bf16> fb(w);
+        softfree::AftFull<float> ff(w);
+        fb.causal = ff.causal = causal;
+        ff.math = Math::bf16;
+        ASSERT_TRUE(fb.backend().native_bf16 && ff.backend().native_bf16);
+        const std::string where = "N=" + std::to_string(n) + " D=" + std::to_string(d) + " causal=" + std::to_string(causal);
+        const auto got_b = fb(qb, kb, vb);
+        const auto got_f = ff(q, k, v);
+        for (Index i = 0; i < got_b.size(); ++i)
+          ASSERT_TRUE(std::isfinite(static_cast<float>(got_b.data()[i])) && std::isfinite(got_f.data()[i]))
+              << "element " << i << ", " << where;
+        EXPECT_TRUE(close_to_ref_rows(
+            got_b, softfree_ref::aft_full(to_ref(qb), to_ref(kb), to_ref(vb), ref_weights<float>(w), causal), kAftPairTol))
+            << "bfloat16, " << where;
+        EXPECT_TRUE(close_to_ref_rows(got_f, softfree_ref::aft_full(to_ref(q), to_ref(k), to_ref(v), ref_weights<float>(w),
+                                                                      causal),
+                                      kAftPairTol))
+            << "float + Math::bf16, " << where;
+      }
+}
+
 // Float storage with Math::bf16: X is formed from the exact inputs and rounded (no output
 // rounding), so the same bound holds against the reference on the caller's inputs.
 TEST_F(Bf16AftFull, FloatStorageWithBf16Math) {

@@ -140,18 +140,24 @@ namespace detail {
 inline namespace SOFTFREE_ISA {
 
 /// One thread's AftLocal workspace, per (b, h) head. Row t: acc = e^{-r} * outside + sum over the
-/// window of e^{w - r} X[t'] (the band's weights; all 1 without a bias).
+/// window of e^{w - r} X[t'] (the band's weights; all 1 without a bias). The windows of kRows
+/// consecutive rows are one product: their weights as a kRows x (keys they see) band against
+/// those keys' rows of X, so each X row loaded feeds kRows rows (one row at a time fed one).
 template <class T>
 class AftLocalHead {
   using Acc = accum_t<T>;
   // Causal rows are processed in blocks shifted by the max of K over the keys the block sees.
   static constexpr Index kBlock = 64;
+  // Rows per band product: the general register block's height (the band's zero corners cost
+  // (kRows - 1) / (2s - 1) of the work; a taller block would waste more than it reuses).
+  static constexpr Index kRows = 6;
 
  public:
   AftLocalHead(Index n, Index d, Index s)
       : n_(n), d_(d), s_(s), ldx_(aft_ld<Acc>(d)), x_(static_cast<size_t>(n * ldx_)), outside_(x_.size()),
-        run_(static_cast<size_t>(ldx_)), acc_(run_.size()), m_(static_cast<size_t>(pad_to_packets<Acc>(d))),
-        m_new_(m_.size()), rows_(static_cast<size_t>(2 * s)), wts_(rows_.size(), Acc(1)) {}
+        run_(static_cast<size_t>(ldx_)), acc_(static_cast<size_t>(kRows * ldx_)),
+        m_(static_cast<size_t>(pad_to_packets<Acc>(d))), m_new_(m_.size()),
+        a_(static_cast<size_t>(kRows * (kRows + 2 * s))) {}
 
   void run(bool causal, const AftLocalBand<Acc>* band, Index h, const HeadSlices<T>& x) {
     const Index n = n_, d = d_;
@@ -176,23 +182,27 @@ class AftLocalHead {
   using Row = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
   Row row(AlignedBuffer<Acc>& b, Index t) { return Row(b.data() + t * ldx_, ldx_); }
 
-  // outside[t] = sum_{t' <= t - s} X[t'] + sum_{t' >= t + s} X[t'].
+  // outside[t] = sum_{t' >= t + s} X[t'] (a backward pass), then forward: run = sum_{t' <= t - s}
+  // X[t'], and row t starts from both.
   void all_rows() {
     const Index n = n_, s = s_;
     aft_col_max(kk_, n, d_, m_.data());
     aft_exp_rows(kk_, vv_, d_, m_.data(), 0, n, ldx_, x_.data());
     Row run(run_.data(), ldx_);
     run.setZero();
-    for (Index t = 0; t < n; ++t) {
-      if (t - s >= 0) run += row(x_, t - s);
+    for (Index t = n - 1; t >= 0; --t) {
+      if (t + s < n) run += row(x_, t + s);
       row(outside_, t) = run;
     }
     run.setZero();
-    for (Index t = n - 1; t >= 0; --t) {
-      if (t + s < n) run += row(x_, t + s);
-      row(outside_, t) += run;
+    for (Index t0 = 0; t0 < n; t0 += kRows) {
+      const Index t1 = std::min(n, t0 + kRows);
+      for (Index t = t0; t < t1; ++t) {
+        if (t - s >= 0) run += row(x_, t - s);
+        start_row(t - t0, t, run + row(outside_, t));
+      }
+      band_rows(t0, t1);
     }
-    for (Index t = 0; t < n; ++t) one_row(t, outside_.data() + t * ldx_);
   }
 
   // run = sum_{t' <= t - s} X[t'] under the current block's shift m, rescaled when m grows.
@@ -217,26 +227,45 @@ class AftLocalHead {
       });
       const Index lo = std::max<Index>(0, b0 - s);
       aft_exp_rows(kk_, vv_, d, m_.data(), lo, b1, ldx_, x_.data() + lo * ldx_);
-      for (Index t = b0; t < b1; ++t) {
-        if (t - s >= 0) run += row(x_, t - s);
-        one_row(t, run_.data());
+      for (Index t0 = b0; t0 < b1; t0 += kRows) {
+        const Index t1 = std::min(b1, t0 + kRows);
+        for (Index t = t0; t < t1; ++t) {
+          if (t - s >= 0) run += row(x_, t - s);
+          start_row(t - t0, t, run);
+        }
+        band_rows(t0, t1);
       }
     }
   }
 
-  // Row t from its outside sum and window.
-  void one_row(Index t, const Acc* outside) {
-    const Index n = n_, s = s_, d = d_;
-    const Index lo = std::max<Index>(0, t - s + 1), hi = causal_ ? t : std::min(n - 1, t + s - 1), cnt = hi - lo + 1;
-    rows_[0] = outside;
-    for (Index i = 0; i < cnt; ++i) rows_[static_cast<size_t>(i + 1)] = x_.data() + (lo + i) * ldx_;
-    if (band_) {
-      wts_[0] = eo_[slot_ * n + t];
-      const Acc* e = ew_ + (slot_ * n + t) * (2 * s - 1) + (lo - t + s - 1);
-      std::copy(e, e + cnt, wts_.begin() + 1);
+  // acc row r = e^{-r_t} * outside: row t's keys outside its window.
+  template <class Outside>
+  void start_row(Index r, Index t, const Outside& outside) {
+    const Acc wo = band_ ? eo_[slot_ * n_ + t] : Acc(1);
+    Row(acc_.data() + r * ldx_, ldx_) = wo * outside;
+  }
+
+  // Rows [t0, t1) (at most kRows, started by start_row): each adds its window, all in one product
+  // of their band weights against the rows of X they see; then y.
+  void band_rows(Index t0, Index t1) {
+    const Index n = n_, s = s_, d = d_, rows = t1 - t0;
+    const Index lo = std::max<Index>(0, t0 - s + 1), hi = causal_ ? t1 - 1 : std::min(n - 1, t1 - 1 + s - 1);
+    const Index depth = hi - lo + 1;
+    std::fill(a_.data(), a_.data() + rows * depth, Acc(0));
+    for (Index r = 0; r < rows; ++r) {
+      const Index t = t0 + r, wlo = std::max<Index>(0, t - s + 1), whi = causal_ ? t : std::min(n - 1, t + s - 1);
+      Acc* ar = a_.data() + r * depth - lo;
+      if (band_) {
+        const Acc* e = ew_ + (slot_ * n + t) * (2 * s - 1) - t + s - 1;
+        std::copy(e + wlo, e + whi + 1, ar + wlo);
+      } else {
+        std::fill(ar + wlo, ar + whi + 1, Acc(1));
+      }
     }
-    aft_weighted_sum(rows_.data(), wts_.data(), cnt + 1, ldx_, acc_.data());
-    aft_finish(qq_ + t * d, d, acc_.data(), ldx_, 1, y_ + t * d, [&](Index, Index c) {
+    gemm<GeneralTiling>(rows, ldx_, depth, StridedA<Acc>{a_.data(), depth, 1}, RowsB<Acc>{x_.data() + lo * ldx_, ldx_},
+                        AddC<Acc>{acc_.data(), ldx_});
+    aft_finish(qq_ + t0 * d, d, acc_.data(), ldx_, rows, y_ + t0 * d, [&](Index r, Index c) {
+      const Index t = t0 + r;
       return aft_exact_ratio(kk_, vv_, d, c, causal_ ? t : n - 1, [&](Index tp) {
         const Index dist = tp > t ? tp - t : t - tp;
         return band_ && dist < s ? band_->w(slot_, t, tp) : Acc(0);
@@ -245,9 +274,7 @@ class AftLocalHead {
   }
 
   Index n_, d_, s_, ldx_;
-  AlignedBuffer<Acc> x_, outside_, run_, acc_, m_, m_new_;
-  std::vector<const Acc*> rows_;
-  std::vector<Acc> wts_;
+  AlignedBuffer<Acc> x_, outside_, run_, acc_, m_, m_new_, a_;
   TileLoader<T> load_q_, load_k_, load_v_;
   OutputTile<T> out_;
   // The head in progress.
