@@ -79,35 +79,19 @@ class SoftmaxScore {
   }
   StoreC<Acc> tile_output(Acc* st, Index bq, const Acc*, Index) { return {st, bq}; }
 
-  /// Masks the causal diagonal, then the online softmax down each query column: the running max
-  /// m, the weights e^(score - m) in place, the running sum, and the accumulator rescaled by
-  /// e^(m_old - m). Key 0 is visible to every query, so after the first tile every running max is
-  /// finite. Returns the keys every query of the block sees.
-  Index weigh(Acc* st, Index bq, Index nj, Index j0, Acc* ot, Index d) {
+  /// Masks the causal diagonal, then the online softmax down each query column of the first
+  /// `width` (the block's packets of queries). Key 0 is visible to every query, so after the first
+  /// tile every running max is finite. Returns the keys every query of the block sees.
+  Index weigh(Acc* st, Index bq, Index width, Index nj, Index j0, Acc* ot, Index d) {
     const Index dense = causal_ ? std::clamp<Index>(i0_ + 1 - j0, 0, nj) : nj;
     for (Index j = dense; j < nj; ++j) std::fill(st + j * bq, st + j * bq + hidden(j0 + j), -kInf);
-    // Rows outer, packets inner: NQ independent chains.
-    const P log2e = ei::pset1<P>(kLog2e<Acc>);
-    P m[NQ], sum[NQ], alpha[NQ];
-    for (int p = 0; p < NQ; ++p) m[p] = ei::pload<P>(max_.data() + p * L);
-    for (Index j = 0; j < nj; ++j)
-      for (int p = 0; p < NQ; ++p) m[p] = vmax(m[p], ei::pload<P>(st + j * bq + p * L));
-    for (int p = 0; p < NQ; ++p) {
-      alpha[p] = exp2_nonpositive(ei::pmul(ei::psub(ei::pload<P>(max_.data() + p * L), m[p]), log2e));  // 0 at first
-      sum[p] = ei::pset1<P>(Acc(0));
+    static_assert(NQ == 4, "a flash block is four packets of queries");
+    switch (width / L) {
+      case 1: online<1>(st, bq, nj, ot, d); break;
+      case 2: online<2>(st, bq, nj, ot, d); break;
+      case 3: online<3>(st, bq, nj, ot, d); break;
+      default: online<NQ>(st, bq, nj, ot, d); break;
     }
-    for (Index j = 0; j < nj; ++j)
-      for (int p = 0; p < NQ; ++p) {
-        const P e = exp2_nonpositive(ei::pmul(ei::psub(ei::pload<P>(st + j * bq + p * L), m[p]), log2e));
-        ei::pstore(st + j * bq + p * L, e);
-        sum[p] = ei::padd(sum[p], e);
-      }
-    for (int p = 0; p < NQ; ++p) {
-      ei::pstore(sum_.data() + p * L, ei::pmadd(ei::pload<P>(sum_.data() + p * L), alpha[p], sum[p]));
-      ei::pstore(max_.data() + p * L, m[p]);
-    }
-    for (Index c = 0; c < d; ++c)
-      for (int p = 0; p < NQ; ++p) ei::pstore(ot + c * bq + p * L, ei::pmul(ei::pload<P>(ot + c * bq + p * L), alpha[p]));
     return dense;
   }
 
@@ -121,6 +105,35 @@ class SoftmaxScore {
 
  private:
   static constexpr Acc kInf = std::numeric_limits<Acc>::infinity();
+
+  /// The online softmax on NP packets of query columns: the running max m, the weights
+  /// e^(score - m) in place, the running sum, and the accumulator rescaled by e^(m_old - m).
+  /// Rows outer, packets inner: NP independent chains.
+  template <int NP>
+  void online(Acc* st, Index bq, Index nj, Acc* ot, Index d) {
+    const P log2e = ei::pset1<P>(kLog2e<Acc>);
+    P m[NP], sum[NP], alpha[NP];
+    for (int p = 0; p < NP; ++p) m[p] = ei::pload<P>(max_.data() + p * L);
+    for (Index j = 0; j < nj; ++j)
+      for (int p = 0; p < NP; ++p) m[p] = vmax(m[p], ei::pload<P>(st + j * bq + p * L));
+    for (int p = 0; p < NP; ++p) {
+      alpha[p] = exp2_nonpositive(ei::pmul(ei::psub(ei::pload<P>(max_.data() + p * L), m[p]), log2e));  // 0 at first
+      sum[p] = ei::pset1<P>(Acc(0));
+    }
+    for (Index j = 0; j < nj; ++j)
+      for (int p = 0; p < NP; ++p) {
+        const P e = exp2_nonpositive(ei::pmul(ei::psub(ei::pload<P>(st + j * bq + p * L), m[p]), log2e));
+        ei::pstore(st + j * bq + p * L, e);
+        sum[p] = ei::padd(sum[p], e);
+      }
+    for (int p = 0; p < NP; ++p) {
+      ei::pstore(sum_.data() + p * L, ei::pmadd(ei::pload<P>(sum_.data() + p * L), alpha[p], sum[p]));
+      ei::pstore(max_.data() + p * L, m[p]);
+    }
+    for (Index c = 0; c < d; ++c)
+      for (int p = 0; p < NP; ++p) ei::pstore(ot + c * bq + p * L, ei::pmul(ei::pload<P>(ot + c * bq + p * L), alpha[p]));
+  }
+
   Acc s_;
   bool causal_;
   Index i0_ = 0;

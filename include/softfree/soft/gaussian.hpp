@@ -50,8 +50,8 @@ class GaussianScore {
     gaussian_norms(kt, nj, d_, d_, s_, kn_.data());
     return {st, bq, kn_.data(), qn_.data()};
   }
-  Index weigh(Acc* st, Index bq, Index nj, Index, Acc*, Index) {
-    gaussian_weights(st, nj, bq, bq);
+  Index weigh(Acc* st, Index bq, Index width, Index nj, Index, Acc*, Index) {
+    gaussian_weights(st, nj, width, bq);
     return nj;
   }
   Index hidden(Index) const { return 0; }

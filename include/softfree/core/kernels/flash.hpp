@@ -6,7 +6,9 @@
 // method's epilogue, the method's Score turns ST into weights (and may rescale the accumulator),
 // and OT += V^T ST accumulates the block's D x bq output. Per-query reductions over keys (a
 // running max and sum) are plain packet operations down ST's columns, with no horizontal
-// reduction. No N x N matrix exists: memory is O(N D) plus one tile per thread.
+// reduction. No N x N matrix exists: memory is O(N D) plus one tile per thread. A block of fewer
+// queries (the last of a head: 197 = 3 x 64 + 5) runs its products and weights on its own width
+// rounded up to a packet, not on the full kBlockQ columns.
 //
 // The two products come from a Products policy: AccumProducts (the accumulate type; s folded
 // into QT) or PairProducts (bf16 pairs accumulated in float, s applied to the sums), chosen per
@@ -16,8 +18,9 @@
 //   Acc query_scale() const;                      // s
 //   void begin(const ConstMatrixMap<Acc>& q);      // the block's queries (rows x D), before any tile
 //   C tile_output(Acc* st, Index bq, const Acc* kt, Index nj);  // gemm epilogue writing ST
-//   Index weigh(Acc* st, Index bq, Index nj, Index j0, Acc* ot, Index d);
-//       // ST -> weights in place; returns how many leading keys of the tile every query sees
+//   Index weigh(Acc* st, Index bq, Index width, Index nj, Index j0, Acc* ot, Index d);
+//       // ST -> weights in place (its first `width` columns, a whole number of packets: a
+//       // short block's query columns); returns how many leading keys every query sees
 //   Index hidden(Index key) const;                // for the rest: queries [0, hidden) skip it
 //   Acc row_factor(Index r) const;                // scale of output row r at the end
 //   static constexpr bool kTranslationInvariant;  // optional (false): see Centring
@@ -140,8 +143,9 @@ class AccumProducts {
   using Acc = accum_t<T>;
   static constexpr Index kBlockQ = kFlashBlockQ<Acc>;
   // 4 x 4 packets = 16 accumulators: enough independent FMA chains to cover the latency on two
-  // FMA ports, and registers left for the operands even with 16 (AVX2).
-  using Tile = Tiling<4, 4>;
+  // FMA ports, and registers left for the operands even with 16 (AVX2). A short block's one or
+  // two packets of queries take 8 rows of keys (8 and 16 accumulators), not 4.
+  using Tile = Tiling<4, 4, 8>;
 
   void bind(const T* k, const T* v, Index nk, Index d) {
     k_ = centring_.keys(k, load_k_(k, nk, d).data(), nk, d);
@@ -164,12 +168,13 @@ class AccumProducts {
   /// ST (nj keys from j0, x kBlockQ) through the epilogue c. Inlined into the block (as the
   /// pair version), so the epilogue's row stride is the constant kBlockQ.
   template <class C>
-  EIGEN_ALWAYS_INLINE void scores(Index j0, Index nj, const C& c) const {
-    gemm<Tile>(nj, kBlockQ, d_, StridedA<Acc>{k_ + j0 * d_, d_, 1}, RowsB<Acc>{qt_.data(), kBlockQ}, c);
+  EIGEN_ALWAYS_INLINE void scores(Index j0, Index nj, Index width, const C& c) const {
+    gemm<Tile>(nj, width, d_, StridedA<Acc>{k_ + j0 * d_, d_, 1}, RowsB<Acc>{qt_.data(), kBlockQ}, c);
   }
-  /// OT += V^T W for the first `dense` keys of the tile (of nj); returns how many it took (all).
-  Index weighted_values(Acc* w, Index j0, Index dense, Index, Acc* ot) {
-    gemm<Tile>(d_, kBlockQ, dense, StridedA<Acc>{v_ + j0 * d_, 1, d_}, RowsB<Acc>{w, kBlockQ}, AddC<Acc>{ot, kBlockQ});
+  /// OT += V^T W for the first `dense` keys of the tile (of nj), the first `width` query columns;
+  /// returns how many keys it took (all).
+  Index weighted_values(Acc* w, Index j0, Index dense, Index, Index width, Acc* ot) {
+    gemm<Tile>(d_, width, dense, StridedA<Acc>{v_ + j0 * d_, 1, d_}, RowsB<Acc>{w, kBlockQ}, AddC<Acc>{ot, kBlockQ});
     return dense;
   }
 
@@ -191,7 +196,7 @@ class PairProducts {
   using Storage = T;
   using Acc = float;
   static constexpr Index kBlockQ = kFlashBlockQ<float>;
-  using Tile = Tiling<4, 4>;
+  using Tile = Tiling<4, 4, 8>;
 
   void bind(const T* k, const T* v, Index nk, Index d) {
     const bool same = k == k_src_ && v == v_src_ && nk == nk_ && d == d_;
@@ -217,20 +222,20 @@ class PairProducts {
   /// addresses live across the depth loop, spilled general registers into vector ones and then
   /// moved the broadcasts through the stack (the score product ran at about half speed).
   template <class C>
-  EIGEN_ALWAYS_INLINE void scores(Index j0, Index nj, const C& c) const {
-    gemm_pairs<Tile>(nj, kBlockQ, dp_, PairA{kp_.data() + j0 * dp_, dp_, 1}, PairRowsB<Ops>{qp_.data(), kBlockQ},
+  EIGEN_ALWAYS_INLINE void scores(Index j0, Index nj, Index width, const C& c) const {
+    gemm_pairs<Tile>(nj, width, dp_, PairA{kp_.data() + j0 * dp_, dp_, 1}, PairRowsB<Ops>{qp_.data(), kBlockQ},
                      ScaledC<C>{c, s_, 1.0f / s_});
   }
   /// OT += V^T W over whole pairs of the first `dense` keys; returns how many keys that is (an odd
   /// last one is left to the caller: its pair partner may be a hidden key whose value must not be
   /// touched, not even by a zero weight). The weights of the keys left (of nj) are rounded to bf16
   /// in place, so every weight is, whatever the key count's parity.
-  Index weighted_values(float* w, Index j0, Index dense, Index nj, float* ot) {
+  Index weighted_values(float* w, Index j0, Index dense, Index nj, Index width, float* ot) {
     const Index pairs = dense / 2;
     round_to_bf16(w + 2 * pairs * kBlockQ, (nj - 2 * pairs) * kBlockQ);
     PairWord* wp = reserve(wp_, pairs * kBlockQ);
-    pack_row_pairs<Ops>(w, 2 * pairs, kBlockQ, kBlockQ, wp, kBlockQ);
-    gemm_pairs<Tile>(d_, kBlockQ, pairs, PairA{vp_.data() + j0 / 2, vp_ld_, 1}, PairRowsB<Ops>{wp, kBlockQ},
+    pack_row_pairs<Ops>(w, 2 * pairs, width, kBlockQ, wp, kBlockQ);
+    gemm_pairs<Tile>(d_, width, pairs, PairA{vp_.data() + j0 / 2, vp_ld_, 1}, PairRowsB<Ops>{wp, kBlockQ},
                      AddC<float>{ot, kBlockQ});
     return 2 * pairs;
   }
@@ -266,19 +271,19 @@ class FlashBlock {
   template <class Score>
   void run(Score& score, const T* q, Index rows, Index key_end, OutputTile<T>& tile, T* out) {
     constexpr Index bq = kBlockQ;
-    const Index d = d_;
+    const Index d = d_, width = std::min(bq, pad_to_packets<Acc>(rows));
     Acc *ot = reserve(ot_, d * bq), *st = reserve(st_, kBlockK * bq);
     score.begin(products_.queries(q, rows, score.query_scale()));
     std::fill(ot, ot + d * bq, Acc(0));
     for (Index j0 = 0; j0 < key_end; j0 += kBlockK) {
       const Index nj = std::min(kBlockK, key_end - j0);
-      products_.scores(j0, nj, score.tile_output(st, bq, products_.keys() + j0 * d, nj));
-      const Index dense = score.weigh(st, bq, nj, j0, ot, d);
-      const Index done = products_.weighted_values(st, j0, dense, nj, ot);
+      products_.scores(j0, nj, width, score.tile_output(st, bq, products_.keys() + j0 * d, nj));
+      const Index dense = score.weigh(st, bq, width, nj, j0, ot, d);
+      const Index done = products_.weighted_values(st, j0, dense, nj, width, ot);
       // Keys past `dense` skip their hidden queries instead of weighting them by 0, so a NaN or
       // inf in a hidden value (say, an unused slot of a KV cache) never reaches an earlier row.
       for (Index j = done; j < nj; ++j)
-        add_key(st + j * bq, products_.values() + (j0 + j) * d, j < dense ? 0 : score.hidden(j0 + j), ot);
+        add_key(st + j * bq, products_.values() + (j0 + j) * d, j < dense ? 0 : score.hidden(j0 + j), width, ot);
     }
     Acc* o = tile.begin(out, rows, d);
     for (Index r = 0; r < rows; ++r) {
@@ -289,10 +294,10 @@ class FlashBlock {
   }
 
  private:
-  /// OT[c][i] += v[c] w[i] for queries i >= from.
-  void add_key(const Acc* w, const Acc* v, Index from, Acc* ot) const {
+  /// OT[c][i] += v[c] w[i] for queries from <= i < width.
+  void add_key(const Acc* w, const Acc* v, Index from, Index width, Acc* ot) const {
     for (Index c = 0; c < d_; ++c)
-      for (Index i = from; i < kBlockQ; ++i) ot[c * kBlockQ + i] += v[c] * w[i];
+      for (Index i = from; i < width; ++i) ot[c * kBlockQ + i] += v[c] * w[i];
   }
 
   Prod products_;
