@@ -178,7 +178,8 @@ TEST(Api, AnyAttentionHoldsAnyFunctor) {
 // What make_attention builds for name: a functor of exactly type F (AnyAttention::target<F>
 // matches the held type only, so four AFT names cannot pass as one type), reporting F's class
 // name, whose call on x fits its default options (no throw) and gives, bitwise, what a
-// default-constructed F gives: the registry adds no options of its own.
+// default-constructed F gives: the registry adds no options of its own (soft-nystrom's
+// min(49, N) landmarks are segments(49) at the N = 64 used here).
 template <class F>
 ::testing::AssertionResult builds(const AnyAttention<float>& any, Tensor4<float>& x) {
   if (!any.target<F>())

@@ -44,3 +44,12 @@ TEST(FastMath, NonFiniteBiasIsRejected) {
 }
 
 }  // namespace
+
+// Option values written in a name: "nan" and "inf" parse as doubles, and the range checks must
+// still see them under -ffast-math.
+TEST(FastMath, NonFiniteValuesInNamesAreRejected) {
+  for (const char* name : {"softmax:scale=nan", "softmax:scale=inf", "sima:eps=nan", "soft-nystrom:lambda=inf",
+                           "soft-nystrom:tolerance=nan"})
+    EXPECT_TRUE(throws_naming([&] { softfree::make_attention<float>(name); }, {"make_attention", "a finite number"}))
+        << name;
+}

@@ -23,6 +23,7 @@ struct Landmarks {
 
   Kind kind = Kind::Segments;
   Index m = 49;                     ///< Segments: the landmark count
+  bool up_to = false;               ///< Segments: at most m, min(m, N) for a call of N tokens
   Index rows = 0, cols = 0, r = 0;  ///< Grid: the token image and the pooling size
   /// Given: copies of the caller's landmark tensors, shared between copies of the functor, so
   /// copying it stays cheap. k_given == q_given when one tensor was given for both.
@@ -33,6 +34,13 @@ struct Landmarks {
   static Landmarks segments(Index m) {
     Landmarks l;
     l.m = m;
+    return l;
+  }
+  /// segments(min(m, N)) for a call of N tokens (N the smaller of q's and k's): fits any N, with
+  /// every token its own landmark below m (make_attention's "soft-nystrom", m = 49).
+  static Landmarks segments_up_to(Index m) {
+    Landmarks l = segments(m);
+    l.up_to = true;
     return l;
   }
   /// Tokens are a row-major rows x cols image (t = y cols + x), average-pooled with kernel =

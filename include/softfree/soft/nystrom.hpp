@@ -54,7 +54,7 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
     const Landmarks& l = landmarks;
     switch (l.kind) {
       case Landmarks::Kind::Segments:
-        if (l.m < 1 || l.m > std::min(s.N, sk.N))
+        if (l.m < 1 || (!l.up_to && l.m > std::min(s.N, sk.N)))
           detail::fail(kName, "landmarks = segments(m = ", l.m, "): m must be in [1, N], but q has shape ", s,
                        " and k has shape ", sk);
         break;
@@ -360,6 +360,12 @@ struct Kernel<SoftNystrom<T>> {
   static NewtonDiagnostics forward(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
                                    const ConstView4<T>& v, const View4<T>& out) {
     const Shape4 sq = shape_of(q);
+    const Index fit = std::min(sq.N, shape_of(k).N);
+    if (f.landmarks.kind == Landmarks::Kind::Segments && f.landmarks.up_to && f.landmarks.m > fit) {
+      SoftNystrom<T> g = f;  // options only: the call as segments(N)
+      g.landmarks = Landmarks::segments(fit);
+      return forward(g, q, k, v, out);
+    }
     std::vector<NewtonStats> stats(static_cast<size_t>(sq.B * sq.H));
     // Tied (k is q, and the landmarks agree): R = P^T, so P is computed once and kept.
     const Landmarks& l = f.landmarks;
