@@ -10,6 +10,7 @@
 #include "core/precision.hpp"
 #include "core/tensor.hpp"
 #include "softmax.hpp"
+#include "softmax_cache.hpp"
 #include "sima.hpp"
 #include "soft.hpp"
 #include "aft.hpp"
