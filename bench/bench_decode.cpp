@@ -1,9 +1,13 @@
 // Decoding: the time per token of a decoding state at context L (the state holds L - 1 tokens;
-// a step appends one and attends its query), for the suite's H = 6 heads of D = 64, one thread,
+// a step takes one more), for the suite's H = 6 heads of D = 64, one thread,
 // beside the causal batch call's time per token (softmax-causal rows: time / N, tokens_per_s).
 // Names: decode-<state>/<dtype>/context:<L> (report.py leaves them out of its tables: their time
 // is per token, not per call). FLOPs per step: 4 L D per head (scores and weighted values).
+#include <string>
+#include <type_traits>
 #include <vector>
+
+#include <softfree/aft.hpp>
 
 #include "harness.hpp"
 
@@ -49,11 +53,59 @@ void decode_softmax(benchmark::State& state) {
   set_counters(state, per_token, 4.0 * s.H * L * d, 1);
 }
 
+// AftLocal (s = 32, a random band) and AftSimple states: a step's cost does not depend on its
+// position (O(s D), O(D)), so the states step on from the context L and are reset when the bias's
+// N is reached. FLOPs per step: 4 s D and 6 D per head (as their batch rows count them).
+template <class T, bool Local>
+void decode_aft(benchmark::State& state) {
+  const Shape s;
+  const Index L = state.range(0), d = s.D, window = 32;
+  using State = std::conditional_t<Local, typename softfree::AftLocal<T>::State, typename softfree::AftSimple<T>::State>;
+  softfree::AftLocal<T> local(window);
+  if (Local) {
+    softfree::AftWeights<T> band(1, 2 * L, 2 * window - 1);
+    band.setRandom();
+    local.set_band_bias(band);
+  }
+  softfree::Tensor4<T> x(1, s.H, 1, d);
+  x.setRandom();
+  std::vector<State> states;
+  for (Index h = 0; h < s.H; ++h) {
+    if constexpr (Local) states.emplace_back(local, d, h); else states.emplace_back(d);
+  }
+  std::vector<T> y(static_cast<size_t>(d));
+  const auto advance = [&](State& st) {
+    const T* t = x.data();
+    st.step(t, t, t, y.data());
+  };
+  for (State& st : states)
+    for (Index t = 0; t + 1 < L; ++t) advance(st);
+  for (auto _ : state) {
+    for (State& st : states) {
+      if (st.steps() == 2 * L) {  // rewound by replaying L - 1 steps (untimed)
+        state.PauseTiming();
+        st.reset();
+        for (Index t = 0; t + 1 < L; ++t) advance(st);
+        state.ResumeTiming();
+      }
+      advance(st);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  Shape per_token = s;
+  per_token.N = 1;
+  set_counters(state, per_token, (Local ? 4.0 * window : 6.0) * s.H * d, 1);
+}
+
 template <class T>
 void register_decode() {
-  const std::string name = std::string("decode-softmax/") + softfree::precision<T>::name;
-  auto* b = benchmark::RegisterBenchmark(name.c_str(), &decode_softmax<T>);
-  b->ArgName("context")->Arg(1024)->Arg(16384)->Unit(benchmark::kMicrosecond)->UseRealTime();
+  const std::string dtype = softfree::precision<T>::name;
+  const auto contexts = [](benchmark::internal::Benchmark* b) {
+    b->ArgName("context")->Arg(1024)->Arg(16384)->Unit(benchmark::kMicrosecond)->UseRealTime();
+  };
+  contexts(benchmark::RegisterBenchmark(("decode-softmax/" + dtype).c_str(), &decode_softmax<T>));
+  contexts(benchmark::RegisterBenchmark(("decode-aft-local-s32/" + dtype).c_str(), &decode_aft<T, true>));
+  contexts(benchmark::RegisterBenchmark(("decode-aft-simple/" + dtype).c_str(), &decode_aft<T, false>));
 }
 
 const bool registered = [] {

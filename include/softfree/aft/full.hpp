@@ -14,6 +14,7 @@
 #include "../core/kernels/pairs.hpp"
 #include "../core/schedule.hpp"
 #include "common.hpp"
+#include "decode.hpp"
 #include "simple.hpp"
 
 namespace softfree {
@@ -32,6 +33,8 @@ class AftFullBias {
 
   explicit AftFullBias(AftTable<Acc> w) : w_(std::move(w)) {}
   const AftTable<Acc>& table() const { return w_; }
+  /// w[t, t'] of slot hs.
+  Acc w(Index hs, Index t, Index tp) const { return w_(hs, t, tp); }
 
   const Acc* packed(bool causal) const {
     const int c = causal ? 1 : 0;
@@ -112,6 +115,16 @@ class AftFull : public Attention<AftFull<T>, T>,
   }
   /// w: [1 or H, N, N].
   explicit AftFull(const AftWeights<T>& w) { this->set_bias(w); }
+
+  /// Causal decoding of one head, token by token: step(q_t, k_t, v_t, y_t) gives row t of the
+  /// causal call (row t of the bias against every earlier key), in O(t D), never allocating; at
+  /// most N tokens (the bias's). The state shares the bias as set when it is made.
+  class State : public detail::AftWindowState<T, detail::AftFullBias<Acc>> {
+   public:
+    State(const AftFull& f, Index d, Index head = 0)
+        : detail::AftWindowState<T, detail::AftFullBias<Acc>>(
+              "AftFull::State", f.bias_, f.bias_ ? f.bias_->table().rows : 1, d, head) {}
+  };
 
   void check_options(const Shape4& s, const Shape4&) const {
     if (!this->bias_) return;

@@ -11,6 +11,7 @@
 #include "../core/parallel.hpp"
 #include "../core/schedule.hpp"
 #include "common.hpp"
+#include "decode.hpp"
 #include "simple.hpp"
 
 namespace softfree {
@@ -84,6 +85,17 @@ class AftLocal : public Attention<AftLocal<T>, T>, public detail::AftBias<AftLoc
   AftLocal(Index s, const W& w) : window(s) {
     this->set_bias(w);
   }
+
+  /// Causal decoding of one head, token by token: step(q_t, k_t, v_t, y_t) gives row t of the
+  /// causal call (its window weighted by row t of the bias, older keys by 1), in O(s D), never
+  /// allocating; at most N tokens with a bias (unbounded without). The state shares the bias
+  /// (and its window) as set when it is made.
+  class State : public detail::AftWindowState<T, detail::AftLocalBand<Acc>> {
+   public:
+    State(const AftLocal& f, Index d, Index head = 0)
+        : detail::AftWindowState<T, detail::AftLocalBand<Acc>>("AftLocal::State", f.bias_,
+                                                               f.bias_ ? f.bias_->window() : 1, d, head) {}
+  };
 
   /// Sets the bias directly as its band [1 or H, N, 2s - 1]: band[h, t, j] = w[t, t - (s - 1) + j]
   /// (entries with t' outside [0, N) are ignored). Sets window = s. Memory O(N s), not O(N^2).

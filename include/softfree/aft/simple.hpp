@@ -47,6 +47,11 @@ class AftRunning {
     ++n_;
   }
 
+  /// The running max of K per channel and the sums under it (e^{K - max} V, e^{K - max}).
+  const Acc* max() const { return m_.data(); }
+  const Acc* num() const { return num_.data(); }
+  const Acc* den() const { return den_.data(); }
+
   /// y = sigma(q) * num / den (D values).
   void emit(const Acc* q, Acc* y) const {
     for_each_packet<Acc>(d_, [&](auto p, Index c) {
