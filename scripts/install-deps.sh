@@ -2,7 +2,7 @@
 # Install softfree's build/test dependencies with apt-get (Debian/Ubuntu).
 #
 #   bash scripts/install-deps.sh           # cmake, g++, make, Eigen, GoogleTest, Google Benchmark, ...
-#   bash scripts/install-deps.sh --clang   # ... and clang
+#   bash scripts/install-deps.sh --clang   # ... and clang (with its sanitizer runtimes)
 #   bash scripts/install-deps.sh --peers   # ... and oneDNN, for the benchmarks' peer rows only
 #
 # Only missing packages are installed; when nothing is missing it prints nothing
@@ -14,7 +14,9 @@ packages=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-de
 
 for arg in "$@"; do
   case "$arg" in
-    --clang) packages+=(clang) ;;
+    # With clang's sanitizer runtimes (the tsan preset): clang only recommends them, and
+    # --no-install-recommends below would leave -fsanitize=thread without its library.
+    --clang) packages+=(clang libclang-rt-dev) ;;
     # The OpenCL headers too: Debian's dnnl-config.cmake requires them, and libdnnl-dev only
     # recommends them (not installed under --no-install-recommends).
     --peers) packages+=(libdnnl-dev ocl-icd-opencl-dev) ;;

@@ -4,6 +4,7 @@
 #   bash scripts/test.sh            # preset "default": Release, warnings as errors
 #   bash scripts/test.sh asan       # AddressSanitizer + UndefinedBehaviorSanitizer
 #   bash scripts/test.sh clang      # clang++ -march=native (the vector paths of this machine)
+#   bash scripts/test.sh tsan       # ThreadSanitizer (clang): the concurrency tests alone
 #
 # Installs missing dependencies first (scripts/install-deps.sh), then runs
 # `cmake --workflow --preset <preset>` (configure, build with 2 jobs, ctest).
@@ -22,7 +23,7 @@ fail() {
 }
 
 deps_args=()
-if [[ "$preset" == clang* ]]; then
+if [[ "$preset" == clang* || "$preset" == tsan* ]]; then
   deps_args+=(--clang)
 fi
 bash scripts/install-deps.sh "${deps_args[@]}" || fail "installing dependencies"

@@ -114,23 +114,6 @@ TEST(ParallelFor, MakeWorkerExceptionReachesCaller) {
   }
 }
 
-// Runs f on another thread and fails the whole test binary if it has not finished within 60 s
-// (a deadlocked call can be neither joined nor cancelled).
-template <class F>
-void finishes_in_time(const char* what, F&& f) {
-  std::promise<void> done;
-  std::future<void> ready = done.get_future();
-  std::thread runner([&] {
-    f();
-    done.set_value();
-  });
-  if (ready.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-    std::fprintf(stderr, "%s: still running after 60 s (deadlock)\n", what);
-    std::_Exit(1);
-  }
-  runner.join();
-}
-
 TEST(ParallelFor, CallerFinishesWhenNoHelperStarts) {
   // The device's only thread is held by a task until the call returns: the caller does every item.
   Eigen::ThreadPool pool(1);

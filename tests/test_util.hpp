@@ -3,11 +3,16 @@
 // (tests/reference/), and the per-precision comparison every test uses.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <future>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <softfree/softfree.hpp>
@@ -237,6 +242,23 @@ template <class F>
     return ::testing::AssertionFailure() << "threw another exception: " << e.what();
   }
   return ::testing::AssertionFailure() << "did not throw";
+}
+
+/// Runs f on another thread and fails the whole test binary if it has not finished within limit
+/// (a deadlocked call can be neither joined nor cancelled): a deadlock fails instead of hanging.
+template <class F>
+void finishes_in_time(const char* what, F&& f, std::chrono::seconds limit = std::chrono::seconds(60)) {
+  std::promise<void> done;
+  std::future<void> ready = done.get_future();
+  std::thread runner([&] {
+    f();
+    done.set_value();
+  });
+  if (ready.wait_for(limit) != std::future_status::ready) {
+    std::fprintf(stderr, "%s: still running after %lld s (deadlock)\n", what, static_cast<long long>(limit.count()));
+    std::_Exit(1);
+  }
+  runner.join();
 }
 
 }  // namespace softfree_test
