@@ -568,7 +568,7 @@ def main(argv=None):
                   file=sys.stderr)
         ns = sorted({n for s in mem.values() for n in s})
         with open(a.memory_plot, "w", encoding="utf-8") as f:
-            f.write(svg_plot(mem, f"Peak workspace bytes vs N ({a.dtype}, 1 thread)", "peak bytes allocated (MiB)",
+            f.write(svg_plot(mem, f"Peak bytes a call allocates vs N ({a.dtype}, 1 thread)", "peak bytes allocated (MiB)",
                              2.0 ** -20, score_matrix(ns, ctx)))
     return 0
 

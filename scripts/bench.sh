@@ -6,7 +6,7 @@
 #
 # Outputs: build/bench/results.json (Google Benchmark JSON),
 #          build/bench/report.md (table, also printed), build/bench/report.svg (time plot),
-#          build/bench/report-memory.svg (peak workspace bytes against N).
+#          build/bench/report-memory.svg (peak bytes a call allocates, against N).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
