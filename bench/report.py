@@ -89,7 +89,8 @@ def load(paths):
 
     rows: {(method, dtype, threads, N): dict(t, gflops, peak, tok, reps, src, mem)} using the
     fastest 'iteration' row (falls back to the median/mean aggregate if only aggregates
-    were reported); mem is the peak_bytes counter (None where the row has none). complexity: {(method, dtype, threads): {'BigO': row, 'RMS': row}}.
+    were reported); mem is the peak_bytes counter (None where the row has none).
+    complexity: {(method, dtype, threads): {'BigO': row, 'RMS': row}}.
     """
     groups, cplx, ctx = defaultdict(list), defaultdict(dict), {}
     for path in paths:
@@ -244,7 +245,7 @@ def results_table(rows, dtype):
             one = rows.get((k[0], dtype, 1, k[3]))
             cells.append("" if k[2] == 1 else fmt_opt(one and one["t"] / r["t"], "x"))
         body.append(cells)
-    align = "lrrrr" + ("r" if peak else "") + "rr" + ("r" if mem else "") + ("r" if rel else "") + ("r" if multi else "")
+    align = "lrrrr" + "".join("r" for on in (peak, True, True, mem, rel, multi) if on)
     note = reps_note([rows[k] for k in keys], rel)
     return md_table(header, align, body) + "\n\n" + note + ("\n\n" + MEMORY_NOTE if mem else "")
 
@@ -568,8 +569,8 @@ def main(argv=None):
                   file=sys.stderr)
         ns = sorted({n for s in mem.values() for n in s})
         with open(a.memory_plot, "w", encoding="utf-8") as f:
-            f.write(svg_plot(mem, f"Peak bytes a call allocates vs N ({a.dtype}, 1 thread)", "peak bytes allocated (MiB)",
-                             2.0 ** -20, score_matrix(ns, ctx)))
+            title = f"Peak bytes a call allocates vs N ({a.dtype}, 1 thread)"
+            f.write(svg_plot(mem, title, "peak bytes allocated (MiB)", 2.0 ** -20, score_matrix(ns, ctx)))
     return 0
 
 

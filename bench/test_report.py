@@ -329,8 +329,8 @@ class ReportTest(unittest.TestCase):
         root = ET.fromstring(msvg)
         ns = "{http://www.w3.org/2000/svg}"
         lines = root.findall(ns + "polyline")
-        self.assertEqual([p.get("stroke") for p in lines],
-                         [report.STYLES[m][0] for m in ("softmax", "sima", "soft-nystrom-m64")] + [report.REFERENCE_COLOUR])
+        colours = [report.STYLES[m][0] for m in ("softmax", "sima", "soft-nystrom-m64")]
+        self.assertEqual([p.get("stroke") for p in lines], colours + [report.REFERENCE_COLOUR])
         self.assertEqual([len(p.get("points").split()) for p in lines], [2, 2, 0, 2])
         self.assertEqual(lines[-1].get("stroke-dasharray"), "2 3")
         texts = [t.text for t in root.iter(ns + "text")]
