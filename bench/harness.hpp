@@ -10,7 +10,8 @@
 // bf16 kernels also gets `<method>+bf16` (float storage, math = Math::bf16) and, on a machine
 // whose build has the AVX512-BF16 products but whose CPU the selection rule keeps off them,
 // `<method>+bf16dot` (bfloat16 storage, the pairs forced): the figure behind that rule. Each
-// row's label is the product backend it ran (Attention::backend()).
+// row's label is the product backend it ran (Attention::backend()). Each row's `peak_bytes` is
+// the most the library held through operator new during its first, untimed call (bench/alloc_hook.cpp).
 #include <benchmark/benchmark.h>
 
 #include <functional>
@@ -71,6 +72,17 @@ std::vector<Registration>& registrations();
 const softfree::Parallel& parallel_for_threads(int threads);
 double peak_gflops_per_core();
 
+/// While alive, counts the bytes allocated through operator new (on any thread) and still held;
+/// peak_bytes() is their maximum so far. One at a time.
+class AllocationProbe {
+ public:
+  AllocationProbe();
+  ~AllocationProbe();
+  AllocationProbe(const AllocationProbe&) = delete;
+  AllocationProbe& operator=(const AllocationProbe&) = delete;
+  double peak_bytes() const;
+};
+
 /// The suite's counters (GFLOPS, peak_pct, tokens_per_s) and complexity N, for a row timed on s.
 inline void set_counters(benchmark::State& state, const Shape& s, double flops, int threads) {
   using benchmark::Counter;
@@ -81,7 +93,9 @@ inline void set_counters(benchmark::State& state, const Shape& s, double flops, 
   state.SetComplexityN(s.N);
 }
 
-/// Times f on random inputs of shape s; counters: GFLOPS, peak_pct, tokens_per_s.
+/// Times f on random inputs of shape s; counters: GFLOPS, peak_pct, tokens_per_s, and peak_bytes:
+/// the workspaces (and any cache the functor builds on its first call) of the first, untimed call
+/// of the write-into-`out` form; `out` and the inputs, allocated before, are not counted.
 template <class T, class F>
 void run_case(benchmark::State& state, const F& f, const Shape& s, double flops, int threads, bool alloc,
               bool tied_qk) {
@@ -92,7 +106,12 @@ void run_case(benchmark::State& state, const F& f, const Shape& s, double flops,
   k_own.setRandom();
   v.setRandom();
   const softfree::Tensor4<T>& k = tied_qk ? q : k_own;
-  f(q, k, v, out);  // warm-up: first touch of out and of the library's pools
+  double peak_bytes = 0;
+  {
+    AllocationProbe probe;
+    f(q, k, v, out);  // also the warm-up: first touch of out and of the library's pools
+    peak_bytes = probe.peak_bytes();
+  }
   for (auto _ : state) {
     if (alloc) {
       auto o = f(q, k, v);
@@ -104,6 +123,8 @@ void run_case(benchmark::State& state, const F& f, const Shape& s, double flops,
     benchmark::ClobberMemory();
   }
   set_counters(state, s, flops, threads);
+  state.counters["peak_bytes"] = benchmark::Counter(peak_bytes, benchmark::Counter::kDefaults,
+                                                    benchmark::Counter::OneK::kIs1024);
 }
 
 inline const char* variant_suffix(Variant v) {

@@ -2,7 +2,7 @@
 """Turn softfree's Google Benchmark JSON output into markdown tables and a log-log SVG plot.
 
     python3 bench/report.py RESULTS.json [MORE.json ...] --markdown OUT.md --plot OUT.svg
-                            [--dtype float] [--threads 1] [--threads-best]
+                            [--memory-plot OUT-memory.svg] [--dtype float] [--threads 1] [--threads-best]
 
 Benchmark names must look like <method>/<dtype>/threads:<t>/N:<n>; other rows are ignored.
 Each benchmark is represented by its best (minimum real_time) repetition.
@@ -11,7 +11,9 @@ Standard library only.
 The markdown report has: a speed-up-vs-softmax summary (for --dtype/--threads), a
 softfree-vs-peer summary per peer library present (1 thread), a summary of half and bfloat16
 time relative to float (1 thread), one results table per dtype (the half and bfloat16 tables
-add a 'time vs float' column) and, if fitted, a complexity table.
+add a 'time vs float' column, and every table a 'memory' column where rows carry the
+peak_bytes counter) and, if fitted, a complexity table. --memory-plot draws peak bytes against
+N (log-log, --dtype, 1 thread) beside the B*H*N^2 float score matrix of an unfused softmax.
 
 Peer rows (other libraries timed at the same shapes, e.g. onednn-softmax) appear in the results
 tables, the plot and the complexity table like any method, but never as softfree methods in the
@@ -29,8 +31,33 @@ PEERS = {"onednn-softmax": "oneDNN"}  # peer method -> the library's name in hea
 DTYPES = ("float", "half", "bfloat16")
 SCHEME = "<method>/<dtype>/threads:<t>/N:<n>"
 UNIT_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
-PALETTE = ("#000000", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
-           "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+
+# Plot styles: (colour, marker) for every method name the suite has, all colours distinct. A family
+# keeps its marker shape; its +bf16 variant is the same shape hollow in a lighter shade, +alloc a
+# cross, +bf16dot a plus. Unknown names fall back to EXTRA_COLOURS and the family shapes in turn.
+STYLES = {
+    "softmax": ("#000000", "circle"), "softmax+alloc": ("#7f7f7f", "cross"),
+    "softmax+bf16": ("#525252", "circle-open"), "softmax+bf16dot": ("#b0b0b0", "plus"),
+    "onednn-softmax": ("#bcbd22", "star"),
+    "sima": ("#1f77b4", "square"), "sima+alloc": ("#393b79", "cross"),
+    "sima+bf16": ("#6baed6", "square-open"), "sima+bf16dot": ("#6b6ecf", "plus"),
+    "soft-gaussian": ("#d62728", "triangle"), "soft-gaussian+bf16": ("#ff9896", "triangle-open"),
+    "soft-gaussian+bf16dot": ("#843c39", "plus"),
+    "soft-nystrom-m49": ("#2ca02c", "diamond"), "soft-nystrom-m49+bf16": ("#98df8a", "diamond-open"),
+    "soft-nystrom-m49+bf16dot": ("#637939", "plus"),
+    "soft-nystrom-m64": ("#ff7f0e", "triangle-down"), "soft-nystrom-m64+bf16": ("#ffbb78", "triangle-down-open"),
+    "soft-nystrom-m64+bf16dot": ("#e6550d", "plus"),
+    "soft-nystrom-m49-untied": ("#9467bd", "pentagon"), "soft-nystrom-m49-untied+bf16": ("#c5b0d5", "pentagon-open"),
+    "soft-nystrom-m49-untied+bf16dot": ("#7b4173", "plus"),
+    "aft-full": ("#8c564b", "hexagon"), "aft-full+bf16": ("#c49c94", "hexagon-open"),
+    "aft-full+bf16dot": ("#5c3a1e", "plus"),
+    "aft-local-s32": ("#e377c2", "triangle-right"), "aft-simple": ("#17becf", "triangle-left"),
+    "aft-conv-7x7": ("#8ca252", "star-open"),
+}
+EXTRA_COLOURS = ("#e7ba52", "#ad494a", "#a55194", "#31a354", "#3182bd", "#fd8d3c", "#756bb1", "#636363")
+SHAPES = ("circle", "square", "triangle", "diamond", "triangle-down", "pentagon", "hexagon",
+          "triangle-right", "triangle-left", "star")
+REFERENCE_COLOUR = "#d4a017"  # the N^2 score-matrix line of the memory plot, dashed, no markers
 
 
 # ---------------------------------------------------------------- parsing
@@ -60,9 +87,10 @@ def seconds(b, field="real_time"):
 def load(paths):
     """Read JSON files -> (rows, complexity, context).
 
-    rows: {(method, dtype, threads, N): dict(t, gflops, peak, tok, reps, src)} using the
+    rows: {(method, dtype, threads, N): dict(t, gflops, peak, tok, reps, src, mem)} using the
     fastest 'iteration' row (falls back to the median/mean aggregate if only aggregates
-    were reported). complexity: {(method, dtype, threads): {'BigO': row, 'RMS': row}}.
+    were reported); mem is the peak_bytes counter (None where the row has none).
+    complexity: {(method, dtype, threads): {'BigO': row, 'RMS': row}}.
     """
     groups, cplx, ctx = defaultdict(list), defaultdict(dict), {}
     for path in paths:
@@ -91,9 +119,10 @@ def load(paths):
                 or [b for b in bs if b.get("aggregate_name") == "mean"])
         if pool:
             best = min(pool, key=seconds)
+            mem = [b["peak_bytes"] for b in [best] + bs if b.get("peak_bytes") is not None]
             rows[key] = dict(t=seconds(best), gflops=best.get("GFLOPS"), peak=best.get("peak_pct"),
                              tok=best.get("tokens_per_s"), reps=len(its),
-                             src="best" if its else best["aggregate_name"])
+                             src="best" if its else best["aggregate_name"], mem=mem[0] if mem else None)
     return rows, dict(cplx), ctx
 
 
@@ -122,6 +151,17 @@ def fmt_eng(x):
     while abs(x) >= 999.5 and exp < 12:
         x, exp = x / 1000, exp + 3
     return sig3(x) + {0: "", 3: "k", 6: "M", 9: "G", 12: "T"}[exp]
+
+
+def fmt_bytes(x):
+    """Bytes in binary units, 3 significant digits: 0 -> '0 B', 1536 -> '1.50 KiB'; None -> 'n/c'
+    (not counted: the row has no peak_bytes counter)."""
+    if x is None:
+        return "n/c"
+    for unit, scale in (("GiB", 2.0 ** 30), ("MiB", 2.0 ** 20), ("KiB", 2.0 ** 10)):
+        if float(f"{x / scale:.3g}") >= 1:
+            return f"{sig3(x / scale)} {unit}"
+    return f"{x:.0f} B"
 
 
 def fmt_opt(x, suffix=""):
@@ -185,9 +225,10 @@ def results_table(rows, dtype):
     keys = sorted((k for k in rows if k[1] == dtype), key=lambda k: (method_key(k[0]), k[2], k[3]))
     multi = {k[2] for k in keys} - {1}
     peak = any(rows[k]["peak"] is not None for k in keys)
+    mem = any(rows[k].get("mem") is not None for k in keys)
     rel = dtype != "float"
     header = ["method", "threads", "N", "time", "GFLOP/s"] + (["% of peak"] if peak else []) \
-        + ["tokens/s", "speed-up vs softmax"] + (["time vs float"] if rel else [])
+        + ["tokens/s", "speed-up vs softmax"] + (["memory"] if mem else []) + (["time vs float"] if rel else [])
     if multi:
         header.append("2-thread scaling" if multi == {2} else "scaling vs 1 thread")
     body = []
@@ -196,6 +237,7 @@ def results_table(rows, dtype):
         cells = [k[0], str(k[2]), str(k[3]), fmt_time(r["t"]), fmt_opt(r["gflops"])]
         cells += [fmt_opt(r["peak"], "%")] if peak else []
         cells += [fmt_eng(r["tok"]), fmt_opt(speedup(rows, k), "x")]
+        cells += [fmt_bytes(r.get("mem"))] if mem else []
         if rel:
             ratio = vs_float(rows, k)
             cells.append("" if ratio is None else sig3(ratio) + "x")
@@ -203,8 +245,16 @@ def results_table(rows, dtype):
             one = rows.get((k[0], dtype, 1, k[3]))
             cells.append("" if k[2] == 1 else fmt_opt(one and one["t"] / r["t"], "x"))
         body.append(cells)
-    align = "lrrrr" + ("r" if peak else "") + "rr" + ("r" if rel else "") + ("r" if multi else "")
-    return md_table(header, align, body) + "\n\n" + reps_note([rows[k] for k in keys], rel)
+    align = "lrrrr" + "".join("r" for on in (peak, True, True, mem, rel, multi) if on)
+    note = reps_note([rows[k] for k in keys], rel)
+    return md_table(header, align, body) + "\n\n" + note + ("\n\n" + MEMORY_NOTE if mem else "")
+
+
+MEMORY_NOTE = ("_Memory = the most the library held at once (its workspaces, on all threads, and any cache "
+               "a functor builds on its first call) during the row's first, untimed call of the "
+               "write-into-`out` form, counted by the bench's operator new hook; the inputs and the output "
+               "tensor, allocated before, are not included (an `+alloc` row shows the same call). n/c = not "
+               "counted: the row's library allocates outside operator new (oneDNN's scratchpads)._")
 
 
 def complexity_table(cplx):
@@ -344,35 +394,49 @@ def tick_label(v):
     return f"{v:g}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
 
 
-def marker(i, x, y, colour):
-    """Marker shape i (circle, square, triangle, diamond) centred at (x, y)."""
-    if i % 4 == 0:
-        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.6" fill="{colour}"/>'
-    if i % 4 == 1:
-        return f'<rect x="{x - 3.4:.1f}" y="{y - 3.4:.1f}" width="6.8" height="6.8" fill="{colour}"/>'
-    shape = ((0, -5), (4.5, 3.2), (-4.5, 3.2)) if i % 4 == 2 else ((0, -5), (4.5, 0), (0, 5), (-4.5, 0))
-    pts = " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in shape)
-    return f'<polygon points="{pts}" fill="{colour}"/>'
+def style(m, others=()):
+    """(colour, marker) of method m; others: the plot's method names without a fixed style, in
+    order, whose position picks the fallback."""
+    if m in STYLES:
+        return STYLES[m]
+    i = list(others).index(m) if m in others else 0
+    return EXTRA_COLOURS[i % len(EXTRA_COLOURS)], SHAPES[i % len(SHAPES)]
 
 
-def svg_plot(ser, title):
-    """Log-log plot of time (ms) vs N, one polyline per method, as SVG text."""
-    esc = html.escape
-    L, T, PW, PH = 80, 50, 560, 380
-    legend_w = 70 + 7.5 * max([len(m) for m in ser] + [8])
-    W, H = L + PW + legend_w, T + PH + 60
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-           f'font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{L + PW / 2}" y="28" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>']
-    pts = [(n, t * 1e3) for s in ser.values() for n, t in s.items() if n > 0 and t > 0]
-    if not pts:
-        out.append(f'<text x="{L + PW / 2}" y="{T + PH / 2}" text-anchor="middle">no data</text>')
-        return "\n".join(out + ["</svg>"]) + "\n"
-    (x0, x1), (y0, y1) = decades([p[0] for p in pts]), decades([p[1] for p in pts])
-    X = lambda v: L + (math.log10(v) - x0) / (x1 - x0) * PW
-    Y = lambda v: T + PH - (math.log10(v) - y0) / (y1 - y0) * PH
-    for lo, hi, axis in ((x0, x1, "x"), (y0, y1, "y")):
+def polygon(x, y, k, r, turn=0.0, inner=None):
+    """Points of a regular k-gon (a k-point star with inner radius) of radius r around (x, y)."""
+    pts, step = [], math.pi / k if inner else 2 * math.pi / k
+    for j in range(2 * k if inner else k):
+        a = -math.pi / 2 + turn + j * step
+        rr = inner if inner and j % 2 else r
+        pts.append(f"{x + rr * math.cos(a):.1f},{y + rr * math.sin(a):.1f}")
+    return " ".join(pts)
+
+
+def marker(shape, x, y, colour):
+    """Marker `shape` (from STYLES / SHAPES; '-open' hollow) centred at (x, y), as SVG."""
+    hollow = shape.endswith("-open")
+    base = shape[:-5] if hollow else shape
+    paint = f'fill="white" stroke="{colour}" stroke-width="1.4"' if hollow else f'fill="{colour}"'
+    if base in ("cross", "plus"):
+        d = 3.8 if base == "cross" else 4.8
+        segs = ((-d, -d, d, d), (-d, d, d, -d)) if base == "cross" else ((-d, 0, d, 0), (0, -d, 0, d))
+        return "".join(f'<line x1="{x + a:.1f}" y1="{y + b:.1f}" x2="{x + c:.1f}" y2="{y + e:.1f}" '
+                       f'stroke="{colour}" stroke-width="2"/>' for a, b, c, e in segs)
+    if base == "circle":
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.6" {paint}/>'
+    if base == "square":
+        return f'<rect x="{x - 3.4:.1f}" y="{y - 3.4:.1f}" width="6.8" height="6.8" {paint}/>'
+    k, r, turn, inner = {"triangle": (3, 5, 0, None), "triangle-down": (3, 5, math.pi, None),
+                         "triangle-right": (3, 5, math.pi / 2, None), "triangle-left": (3, 5, -math.pi / 2, None),
+                         "diamond": (4, 5, 0, None), "pentagon": (5, 4.6, 0, None), "hexagon": (6, 4.4, 0, None),
+                         "star": (5, 5.6, 0, 2.4)}[base]
+    return f'<polygon points="{polygon(x, y, k, r, turn, inner)}" {paint}/>'
+
+
+def svg_axes(out, L, T, PW, PH, xr, yr, X, Y, ylabel):
+    """Log grid, tick labels, frame and axis titles of a plot, appended to out."""
+    for (lo, hi), axis in ((xr, "x"), (yr, "y")):
         for d in range(lo, hi + 1):
             for m in ((1,) if d == hi else range(1, 10)):
                 v, major = m * 10.0 ** d, m == 1
@@ -394,19 +458,77 @@ def svg_plot(ser, title):
     out += [f'<rect x="{L}" y="{T}" width="{PW}" height="{PH}" fill="none" stroke="#333"/>',
             f'<text x="{L + PW / 2}" y="{T + PH + 42}" text-anchor="middle" font-size="13">sequence length N</text>',
             f'<text transform="translate(22 {T + PH / 2}) rotate(-90)" text-anchor="middle" font-size="13">'
-            f'time per call (ms)</text>']
+            f'{html.escape(ylabel)}</text>']
+
+
+def svg_plot(ser, title, ylabel="time per call (ms)", scale=1e3, reference=None):
+    """Log-log plot of value * scale vs N, one polyline per method (its own colour and marker,
+    peers dashed), as SVG text. reference: (label, {N: value}), drawn dashed without markers."""
+    esc = html.escape
+    names = list(ser) + ([reference[0]] if reference else [])
+    L, T, PW, PH = 80, 50, 560, 380
+    LX = L + PW + 34  # legend column, clear of the last x tick label
+    legend_w = 88 + 7.5 * max([len(m) for m in names] + [8])
+    W, H = L + PW + legend_w, max(T + PH + 60, T + 20 * len(names) + 20)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+           f'font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{L + PW / 2}" y="28" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>']
+    curves = list(ser.values()) + ([reference[1]] if reference else [])
+    pts = [(n, v * scale) for s in curves for n, v in s.items() if n > 0 and v > 0]
+    if not pts:
+        out.append(f'<text x="{L + PW / 2}" y="{T + PH / 2}" text-anchor="middle">no data</text>')
+        return "\n".join(out + ["</svg>"]) + "\n"
+    (x0, x1), (y0, y1) = decades([p[0] for p in pts]), decades([p[1] for p in pts])
+    X = lambda v: L + (math.log10(v) - x0) / (x1 - x0) * PW
+    Y = lambda v: T + PH - (math.log10(v) - y0) / (y1 - y0) * PH
+    svg_axes(out, L, T, PW, PH, (x0, x1), (y0, y1), X, Y, ylabel)
+    others = [m for m in ser if m not in STYLES]
     for i, (m, s) in enumerate(ser.items()):
-        c = PALETTE[i % len(PALETTE)]
-        xy = [(X(n), Y(t * 1e3)) for n, t in sorted(s.items()) if n > 0 and t > 0]
+        c, shape = style(m, others)
+        xy = [(X(n), Y(v * scale)) for n, v in sorted(s.items()) if n > 0 and v > 0]
         dash = ' stroke-dasharray="6 3"' if is_peer(m) else ""  # peers dashed
         out.append(f'<polyline fill="none" stroke="{c}"{dash} stroke-width="{2.2 if m == BASELINE else 1.6}" points="'
                    + " ".join(f"{x:.1f},{y:.1f}" for x, y in xy) + '"/>')
-        out += [marker(i, x, y, c) for x, y in xy]
+        out += [marker(shape, x, y, c) for x, y in xy]
         ly = T + 10 + 20 * i
-        out += [f'<line x1="{L + PW + 16}" y1="{ly}" x2="{L + PW + 44}" y2="{ly}" stroke="{c}" stroke-width="2"/>',
-                marker(i, L + PW + 30, ly, c),
-                f'<text x="{L + PW + 52}" y="{ly + 4}">{esc(m)}</text>']
+        out += [f'<line x1="{LX}" y1="{ly}" x2="{LX + 28}" y2="{ly}" stroke="{c}" stroke-width="2"{dash}/>',
+                marker(shape, LX + 14, ly, c),
+                f'<text x="{LX + 36}" y="{ly + 4}">{esc(m)}</text>']
+    if reference:
+        xy = [(X(n), Y(v * scale)) for n, v in sorted(reference[1].items()) if n > 0 and v > 0]
+        ly, c = T + 10 + 20 * len(ser), REFERENCE_COLOUR
+        out += [f'<polyline fill="none" stroke="{c}" stroke-dasharray="2 3" stroke-width="2.2" points="'
+                + " ".join(f"{x:.1f},{y:.1f}" for x, y in xy) + '"/>',
+                f'<line x1="{LX}" y1="{ly}" x2="{LX + 28}" y2="{ly}" stroke="{c}" '
+                f'stroke-dasharray="2 3" stroke-width="2.2"/>',
+                f'<text x="{LX + 36}" y="{ly + 4}">{esc(reference[0])}</text>']
     return "\n".join(out + ["</svg>"]) + "\n"
+
+
+def memory_series(rows, dtype, threads=1):
+    """{method: {N: peak bytes}} for one dtype and thread count, rows with the counter only;
+    +alloc rows are left out (they measure the same call as their method's row)."""
+    out = defaultdict(dict)
+    for (m, d, t, n), r in rows.items():
+        if d == dtype and t == threads and r.get("mem") is not None and not m.endswith("+alloc"):
+            out[m][n] = r["mem"]
+    return {m: out[m] for m in sorted(out, key=method_key)}
+
+
+def suite_shape(ctx):
+    """(B, H) from the context's 'shape' entry ('B=1 H=6 D=64'); the suite's (1, 6) if absent."""
+    kv = dict(p.split("=", 1) for p in ctx.get("shape", "").split() if "=" in p)
+    try:
+        return int(kv.get("B", 1)), int(kv.get("H", 6))
+    except ValueError:
+        return 1, 6
+
+
+def score_matrix(ns, ctx):
+    """(label, {N: bytes}) of the float N x N score matrix per head an unfused softmax holds."""
+    b, h = suite_shape(ctx)
+    return f"N² float scores (B={b}, H={h})", {n: 4.0 * b * h * n * n for n in ns}
 
 
 # ------------------------------------------------------------------- main
@@ -416,6 +538,8 @@ def main(argv=None):
     ap.add_argument("results", nargs="+", help="Google Benchmark JSON file(s) (--benchmark_out_format=json)")
     ap.add_argument("--markdown", metavar="OUT.md", help="write the markdown report here (also printed)")
     ap.add_argument("--plot", metavar="OUT.svg", help="write the log-log SVG plot here")
+    ap.add_argument("--memory-plot", metavar="OUT.svg",
+                    help="write the log-log SVG plot of peak bytes vs N here (--dtype, 1 thread)")
     ap.add_argument("--dtype", default="float", choices=DTYPES, help="dtype for plot and summary (float)")
     ap.add_argument("--threads", type=int, default=1, help="thread count for plot and summary (1)")
     ap.add_argument("--threads-best", action="store_true",
@@ -438,6 +562,15 @@ def main(argv=None):
         title += f", best of {reps})" if reps > 1 else ")"
         with open(a.plot, "w", encoding="utf-8") as f:
             f.write(svg_plot(ser, title))
+    if a.memory_plot:
+        mem = memory_series(rows, a.dtype)
+        if not mem:
+            print(f"report.py: warning: no peak_bytes counters for the memory plot ({a.dtype}, 1 thread)",
+                  file=sys.stderr)
+        ns = sorted({n for s in mem.values() for n in s})
+        with open(a.memory_plot, "w", encoding="utf-8") as f:
+            title = f"Peak bytes a call allocates vs N ({a.dtype}, 1 thread)"
+            f.write(svg_plot(mem, title, "peak bytes allocated (MiB)", 2.0 ** -20, score_matrix(ns, ctx)))
     return 0
 
 

@@ -21,6 +21,13 @@ MODELS = {"softmax": lambda n: 1e-9 * n * n, "softmax+alloc": lambda n: 1.1e-9 *
           "sima": lambda n: 2e-7 * n, "soft-nystrom-m49": lambda n: 5e-7 * n,
           "aft-local-s32": lambda n: 3e-7 * n}
 NS = (197, 1024, 4096)
+# every method name softfree_bench --benchmark_list_tests gives (on an AVX512-BF16 machine, with oneDNN)
+SUITE_METHODS = ("aft-conv-7x7", "aft-full", "aft-full+bf16", "aft-full+bf16dot", "aft-local-s32", "aft-simple",
+                 "onednn-softmax", "sima", "sima+alloc", "sima+bf16", "sima+bf16dot", "soft-gaussian",
+                 "soft-gaussian+bf16", "soft-gaussian+bf16dot", "soft-nystrom-m49", "soft-nystrom-m49+bf16",
+                 "soft-nystrom-m49+bf16dot", "soft-nystrom-m49-untied", "soft-nystrom-m49-untied+bf16",
+                 "soft-nystrom-m49-untied+bf16dot", "soft-nystrom-m64", "soft-nystrom-m64+bf16",
+                 "soft-nystrom-m64+bf16dot", "softmax", "softmax+alloc", "softmax+bf16", "softmax+bf16dot")
 
 
 def row(name, secs, unit="us", **extra):
@@ -223,7 +230,7 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| onednn-softmax | 1 | 1024 | 4.00 ms | 10.0 | 20.0% | 1.00M | 2.00x |", results)
         self.assertIn("| onednn-softmax | 2 | 1024 | 100 us | 10.0 | 20.0% | 1.00M | — | 40.0x |", results)
         self.assertIn('stroke-dasharray="6 3"', svg)  # the peer's line, dashed
-        self.assertEqual(svg.count("stroke-dasharray"), 1)
+        self.assertEqual(svg.count("stroke-dasharray"), 2)  # its polyline and its legend entry
         # no peer rows: no peer section
         _, _, plain, _ = self.run_main()
         self.assertNotIn("softfree vs oneDNN", plain)
@@ -257,6 +264,81 @@ class ReportTest(unittest.TestCase):
         texts = [t.text for t in root.iter(ns + "text")]
         for label in list(MODELS) + ["100", "1000", "10000", "sequence length N", "time per call (ms)"]:
             self.assertIn(label, texts)
+
+    def test_styles(self):
+        """Every method name the suite has: a fixed style, all colours and all (colour, marker) distinct."""
+        for m in SUITE_METHODS:
+            self.assertIn(m, report.STYLES, m)
+        colours = [c for c, _ in report.STYLES.values()]
+        self.assertEqual(len(set(colours)), len(colours))
+        self.assertNotIn(report.REFERENCE_COLOUR, colours)
+        self.assertNotEqual(report.style("softmax"), report.style("soft-nystrom-m64"))  # both were black
+        others = ["new-a", "new-b"]
+        self.assertNotEqual(report.style("new-a", others), report.style("new-b", others))
+        for _, shape in list(report.STYLES.values()) + [(None, s) for s in report.SHAPES]:
+            ET.fromstring(f'<g>{report.marker(shape, 10, 10, "#123456")}</g>')  # every shape draws
+        _, _, _, svg = self.run_main()
+        root = ET.fromstring(svg)
+        strokes = [p.get("stroke") for p in root.iter("{http://www.w3.org/2000/svg}polyline")]
+        self.assertEqual(strokes, [report.STYLES[m][0] for m in sorted(MODELS, key=report.method_key)])
+
+    def test_memory(self):
+        """The peak_bytes counter: memory column (n/c where a row has none), note, and the memory plot."""
+        self.assertEqual(report.fmt_bytes(0), "0 B")
+        self.assertEqual(report.fmt_bytes(1000), "1000 B")
+        self.assertEqual(report.fmt_bytes(1536), "1.50 KiB")
+        self.assertEqual(report.fmt_bytes(3 * 2 ** 20), "3.00 MiB")
+        self.assertEqual(report.fmt_bytes(1.5 * 2 ** 30), "1.50 GiB")
+        self.assertEqual(report.fmt_bytes(None), "n/c")
+        mib = 2.0 ** 20
+        mem = {("softmax", "float", 1, 256): 0.5 * mib, ("softmax", "float", 1, 4096): 2 * mib,
+               ("softmax+alloc", "float", 1, 256): 0.5 * mib, ("sima", "float", 1, 256): 0.25 * mib,
+               ("sima", "float", 1, 4096): 4 * mib, ("sima", "float", 2, 4096): 5 * mib,
+               ("sima", "half", 1, 4096): 3 * mib, ("soft-nystrom-m64", "float", 1, 4096): 0.0,
+               ("onednn-softmax", "float", 1, 4096): None}
+        rows = []
+        for (m, d, t, n), b in mem.items():
+            extra = {} if b is None else {"peak_bytes": b}
+            rows.append(row(f"{m}/{d}/threads:{t}/N:{n}", 1e-3, **extra))
+        doc = {"context": {"shape": "B=1 H=6 D=64"}, "benchmarks": rows}
+        path = os.path.join(self.tmp.name, "memory.json")
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        md, svg, msvg = (os.path.join(self.tmp.name, "memory" + e) for e in (".md", ".svg", "-memory.svg"))
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(report.main([path, "--markdown", md, "--plot", svg, "--memory-plot", msvg]), 0)
+        with open(md, encoding="utf-8") as f, open(msvg, encoding="utf-8") as g:
+            md, msvg = f.read(), g.read()
+        results = md.split("## Results: float")[1].split("## Results: half")[0]
+        self.assertIn("| tokens/s | speed-up vs softmax | memory | 2-thread scaling |", results)
+        self.assertIn("| softmax | 1 | 256 | 1.00 ms | 10.0 | 20.0% | 1.00M | 1.00x | 512 KiB |  |", results)
+        self.assertIn("| sima | 2 | 4096 | 1.00 ms | 10.0 | 20.0% | 1.00M | — | 5.00 MiB | 1.00x |", results)
+        self.assertIn("| soft-nystrom-m64 | 1 | 4096 | 1.00 ms | 10.0 | 20.0% | 1.00M | 1.00x | 0 B |  |", results)
+        self.assertIn("| onednn-softmax | 1 | 4096 | 1.00 ms | 10.0 | 20.0% | 1.00M | 1.00x | n/c |  |", results)
+        self.assertIn("n/c = not counted", results)
+        half = md.split("## Results: half")[1]
+        self.assertIn("| speed-up vs softmax | memory | time vs float |", half)
+        self.assertIn("| sima | 1 | 4096 | 1.00 ms | 10.0 | 20.0% | 1.00M | — | 3.00 MiB | 1.00x |", half)
+        # the memory plot: float, 1 thread; no +alloc, no uncounted or zero points; the N^2 reference
+        self.assertEqual(report.memory_series(report.load([path])[0], "float"),
+                         {"softmax": {256: 0.5 * mib, 4096: 2 * mib}, "sima": {256: 0.25 * mib, 4096: 4 * mib},
+                          "soft-nystrom-m64": {4096: 0.0}})
+        label, ref = report.score_matrix([1024], {"shape": "B=2 H=3 D=64"})
+        self.assertEqual((label, ref), ("N² float scores (B=2, H=3)", {1024: 4.0 * 6 * 1024 ** 2}))
+        self.assertEqual(report.suite_shape({}), (1, 6))
+        root = ET.fromstring(msvg)
+        ns = "{http://www.w3.org/2000/svg}"
+        lines = root.findall(ns + "polyline")
+        colours = [report.STYLES[m][0] for m in ("softmax", "sima", "soft-nystrom-m64")]
+        self.assertEqual([p.get("stroke") for p in lines], colours + [report.REFERENCE_COLOUR])
+        self.assertEqual([len(p.get("points").split()) for p in lines], [2, 2, 0, 2])
+        self.assertEqual(lines[-1].get("stroke-dasharray"), "2 3")
+        texts = [t.text for t in root.iter(ns + "text")]
+        for label in ("softmax", "sima", "N² float scores (B=1, H=6)", "peak bytes allocated (MiB)", "0.1", "1000"):
+            self.assertIn(label, texts)
+        # the reference is 24 MiB at N = 256 ... 384 MiB at N = 4096: the y axis reaches 1000 MiB
+        ys = [float(p.split(",")[1]) for p in lines[-1].get("points").split()]
+        self.assertGreater(ys[0], ys[1])  # rising: SVG's y grows downwards
 
     def test_no_matching_rows(self):
         bad = os.path.join(self.tmp.name, "empty.json")

@@ -5,7 +5,8 @@
 #   bash scripts/bench.sh --benchmark_filter='SimA'        # extra args go to softfree_bench
 #
 # Outputs: build/bench/results.json (Google Benchmark JSON),
-#          build/bench/report.md (table, also printed), build/bench/report.svg (plot).
+#          build/bench/report.md (table, also printed), build/bench/report.svg (time plot),
+#          build/bench/report-memory.svg (peak bytes a call allocates, against N).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,7 +48,9 @@ echo "== softfree: $bench_exe $*"
 # report.py prints the markdown table as well as writing it.
 echo "== softfree: bench/report.py"
 python3 bench/report.py build/bench/results.json \
-  --markdown build/bench/report.md --plot build/bench/report.svg || fail "bench/report.py"
+  --markdown build/bench/report.md --plot build/bench/report.svg \
+  --memory-plot build/bench/report-memory.svg || fail "bench/report.py"
 
 echo
-echo "Results: build/bench/results.json  Report: build/bench/report.md  Plot: build/bench/report.svg"
+echo "Results: build/bench/results.json  Report: build/bench/report.md"
+echo "Plots: build/bench/report.svg (time)  build/bench/report-memory.svg (memory)"
