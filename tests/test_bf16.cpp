@@ -32,6 +32,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "reference/aft_ref.hpp"
@@ -144,8 +145,17 @@ template <class T>
 softfree_ref::Tensor reference(const SoftmaxAttention<T>& f, const softfree_ref::Tensor& q,
                                const softfree_ref::Tensor& k, const softfree_ref::Tensor& v) {
   const double scale = f.scale ? *f.scale : 1.0 / std::sqrt(static_cast<double>(q.D));
-  return softfree_ref::softmax_attention(q, k, v, scale, f.causal,
-                                         std::vector<long>(f.key_lengths.begin(), f.key_lengths.end()));
+  softfree_ref::SoftmaxOptions opt;
+  opt.causal = f.causal;
+  opt.bottom_right = f.causal_align == softfree::CausalAlign::bottom_right;
+  opt.key_lengths.assign(f.key_lengths.begin(), f.key_lengths.end());
+  std::optional<softfree_ref::Tensor> bias;
+  if (const auto b = f.bias()) {
+    bias.emplace(b->dimension(0), b->dimension(1), b->dimension(2), b->dimension(3));
+    for (Index i = 0; i < b->size(); ++i) bias->data[static_cast<size_t>(i)] = static_cast<double>(b->data()[i]);
+    opt.bias = &*bias;
+  }
+  return softfree_ref::softmax_attention(q, k, v, scale, opt);
 }
 template <class T>
 softfree_ref::Tensor reference(const SoftGaussian<T>&, const softfree_ref::Tensor& q, const softfree_ref::Tensor& k,
@@ -436,6 +446,65 @@ TEST_F(Bf16AgreementSoftmax, KeyPadding) {
                                     worst);
   }
   record("worst_row", worst);
+}
+
+class Bf16BiasAlign : public PairBackend {};
+
+// The additive bias and the bottom-right causal alignment on the pairs, bfloat16 storage (the
+// reference sees the products' operands): a bias broadcast over heads with -inf entries and a
+// fully masked row (zeros), bottom-right with Nq < Nk and Nq > Nk (leading rows see no key:
+// zeros), with key padding (an odd length: a pair partner padded; an empty item). The bias
+// enters in float after the scaled product and the weights are rounded as without it, so the
+// bound is kBf16Storage, per row (v in [0, 1]: no row small by cancellation).
+TEST_F(Bf16BiasAlign, MatchesReference) {
+  double worst = 0;
+  unsigned seed = 1500;
+  const std::vector<std::pair<Index, Index>> shapes{{97, 97}, {7, 197}, {197, 130}, {130, 7}};
+  for (const auto& [nq, nk] : shapes)
+    for (bool bottom_right : {false, true})
+      for (bool padded : {false, true}) {
+        SoftmaxAttention<bf16> f;
+        f.causal = true;
+        if (bottom_right) f.causal_align = softfree::CausalAlign::bottom_right;
+        if (padded) f.key_lengths = std::vector<Index>{nk, (nk / 2) | 1, 0};
+        auto bias = random_tensor<float>(3, 1, nq, nk, seed += 3, -3, 3);
+        for (Index i = 0; i < bias.size(); i += 5) bias.data()[i] = -std::numeric_limits<float>::infinity();
+        for (Index j = 0; j < nk; ++j) bias(1, 0, nq / 2, j) = -std::numeric_limits<float>::infinity();
+        f.set_bias(bias);
+        ASSERT_TRUE(f.backend().native_bf16) << f.backend().reason;
+        const auto q = random_tensor<bf16>(3, 2, nq, 40, seed += 3), k = random_tensor<bf16>(3, 2, nk, 40, seed += 3),
+                   v = random_tensor<bf16>(3, 2, nk, 40, seed += 3, 0.0, 1.0);
+        const auto got = f(q, k, v);
+        const auto ref = reference(f, q, k, v);
+        const std::string what = shape_text(3, 2, nq, nk, 40, Opts{true, f.key_lengths, std::nullopt}) +
+                                 (bottom_right ? " bottom_right" : " top_left");
+        double w = 0;
+        EXPECT_TRUE(close_to_ref(got, ref, kBf16Storage)) << what;
+        EXPECT_TRUE(close_to_ref_rows(got, ref, kBf16Storage, 1e-30, &w)) << what;
+        worst = std::max(worst, w);
+        for (Index c = 0; c < 40; ++c) ASSERT_EQ(static_cast<float>(got(1, 1, nq / 2, c)), 0.0f) << "masked row";
+      }
+  record("worst_row", worst);
+}
+
+// Bottom-right: a NaN and an inf in value row j (100 queries behind 150 keys: hidden from queries
+// i < j - 50) never reach those rows, bitwise, on the pairs' odd-key and tile-edge cases.
+TEST_F(Bf16BiasAlign, BottomRightHiddenNonFiniteValues) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const auto q = random_tensor<bf16>(1, 2, 100, 8, 1600), k = random_tensor<bf16>(1, 2, 150, 8, 1601),
+             v = random_tensor<bf16>(1, 2, 150, 8, 1602);
+  SoftmaxAttention<bf16> f;
+  f.causal = true;
+  f.causal_align = softfree::CausalAlign::bottom_right;
+  const auto base = f(q, k, v);
+  for (Index j : {51, 52, 114, 115, 116, 127, 128, 129, 149}) {
+    auto v2 = v;
+    v2(0, 1, j, 2) = bf16(nan);
+    v2(0, 1, j, 3) = bf16(inf);
+    const auto out = f(q, k, v2);
+    EXPECT_TRUE(rows_bitwise_equal(base, out, j - 51)) << "value row " << j << " reached a row before " << j - 50;
+    EXPECT_TRUE(std::isnan(static_cast<float>(out(0, 1, j - 50, 2)))) << "control: row " << j - 50 << " sees key " << j;
+  }
 }
 
 // ------------------------------------------------------------------ exact weights

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
@@ -151,6 +152,42 @@ TEST(RefSoftmax, CausalCrossAttentionUsesIndexRule) {
   EXPECT_NEAR(o(0, 0, 0, 0), 2.0, kTol);
   EXPECT_NEAR(o(0, 0, 1, 0), 8.0, kTol);
   EXPECT_NEAR(o(0, 0, 2, 0), 8.0, kTol);
+}
+
+TEST(RefSoftmax, CausalBottomRight) {
+  // Nq = 1, Nk = 2: the one query is the last position, so it sees both keys (top-left: key 0).
+  const Tensor k = seq1({0.0, std::log(3.0)}), v = seq1({2.0, 10.0});
+  SoftmaxOptions opt;
+  opt.causal = true;
+  opt.bottom_right = true;
+  EXPECT_NEAR(softmax_attention(seq1({1.0}), k, v, 1.0, opt)(0, 0, 0, 0), 8.0, kTol);
+  // Nq = 3, Nk = 2: query 0 sees nothing (zeros), query 1 key 0, query 2 both.
+  const Tensor o = softmax_attention(seq1({1.0, 1.0, 1.0}), k, v, 1.0, opt);
+  EXPECT_EQ(o(0, 0, 0, 0), 0.0);
+  EXPECT_NEAR(o(0, 0, 1, 0), 2.0, kTol);
+  EXPECT_NEAR(o(0, 0, 2, 0), 8.0, kTol);
+}
+
+TEST(RefSoftmax, BiasHandComputed) {
+  // Scores {0, 0} plus bias {0, ln 3} (B = H = 1 broadcast over B = 2): weights 1/4, 3/4. A -inf
+  // bias drops its key; a row of -inf gives zeros.
+  Tensor q(2, 1, 3, 1), k(2, 1, 2, 1), v(2, 1, 2, 1), bias(1, 1, 3, 2);
+  for (long b = 0; b < 2; ++b) v(b, 0, 0, 0) = 2.0, v(b, 0, 1, 0) = 10.0;
+  const double inf = std::numeric_limits<double>::infinity();
+  bias(0, 0, 0, 1) = std::log(3.0);
+  bias(0, 0, 1, 0) = -inf;
+  bias(0, 0, 2, 0) = bias(0, 0, 2, 1) = -inf;
+  SoftmaxOptions opt;
+  opt.bias = &bias;
+  const Tensor o = softmax_attention(q, k, v, 1.0, opt);
+  for (long b = 0; b < 2; ++b) {
+    EXPECT_NEAR(o(b, 0, 0, 0), 0.25 * 2 + 0.75 * 10, kTol);
+    EXPECT_NEAR(o(b, 0, 1, 0), 10.0, kTol);
+    EXPECT_EQ(o(b, 0, 2, 0), 0.0);
+  }
+  const Tensor wrong(1, 1, 2, 3);
+  opt.bias = &wrong;
+  EXPECT_THROW(softmax_attention(q, k, v, 1.0, opt), std::invalid_argument);
 }
 
 TEST(RefSoftmax, KeyPaddingAndFullyMaskedRows) {

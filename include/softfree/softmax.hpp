@@ -9,18 +9,32 @@
 // is applied after the max is subtracted, so its rounding scales with how far a score lies below
 // the max, not with the score itself (logits of 1e4 keep float accuracy). No N x N matrix exists:
 // memory is O(N D) plus one tile per thread.
+//
+// An optional additive bias [1 or B, 1 or H, Nq, Nk] (set_bias) is added to the scaled scores of
+// each tile in natural-log units, before the masks and the online softmax; the running max starts
+// at the lowest finite value, not -inf, so a row whose every key is masked (-inf bias, causal,
+// padding) keeps exp(-inf - max) = 0 and a sum of 0, and gives zeros, never NaN.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <vector>
 
 #include "core/attention.hpp"
+#include "core/checks.hpp"
 #include "core/kernels/flash.hpp"
 #include "core/kernels/math.hpp"
 #include "core/parallel.hpp"
 
 namespace softfree {
+
+/// Where the causal diagonal sits when Nq != Nk. top_left: key j is visible to query i iff j <= i.
+/// bottom_right (the KV-cache convention: the queries are the last Nq of Nk positions): iff
+/// j <= i + Nk - Nq, so with Nq > Nk the first Nq - Nk queries see no key and give zeros.
+enum class CausalAlign { top_left, bottom_right };
 
 template <class T = float>
 class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
@@ -32,8 +46,11 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
 
   /// Score scale s; unset means 1 / sqrt(D). Must be positive and finite when set.
   std::optional<double> scale;
-  /// Mask key j > query i (for cross-attention too: key j is visible to query i iff j <= i).
+  /// Mask key j > query i (for Nq != Nk the diagonal is placed by causal_align).
   bool causal = false;
+  /// The causal diagonal for Nq != Nk: top_left (j <= i, the default) or bottom_right
+  /// (j <= i + Nk - Nq). The same for Nq == Nk.
+  CausalAlign causal_align = CausalAlign::top_left;
   /// Optional key padding: key_lengths[b] keys of batch item b are valid (the rest masked).
   /// Empty means every key is valid. A query row with no valid key yields zeros.
   std::vector<Index> key_lengths;
@@ -47,18 +64,70 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
                      " range the scores are computed in");
     }
     detail::check_key_lengths(kName, key_lengths, sq.B, sk.N);
+    if (bias_) check_bias_shape(sq, sk);
+  }
+
+  /// An additive bias on the scaled scores, softmax(s Q K^T + bias) (relative-position biases,
+  /// ALiBi, additive masks): dims [1 or B, 1 or H, Nq, Nk], broadcast over a dim of 1, in the
+  /// accumulate type (float; double for double storage). It is copied (shared by copies of this
+  /// functor), so the caller's tensor may go away; its shape is checked against q and k at each
+  /// call. Entries must be finite or -inf (key masked for that query; a row with no unmasked key
+  /// gives zeros): NaN or +inf throws softfree::invalid_argument here. A -inf entry weights its
+  /// key by exactly 0, so a NaN or inf *value* of such a key still reaches the row (0 * inf);
+  /// hide garbage keys with key_lengths or causal, which skip them.
+  SoftmaxAttention& set_bias(const ConstView4<Acc>& bias) {
+    const Acc* x = bias.data();
+    for (Index i = 0; i < bias.size(); ++i)
+      if (!detail::is_finite(static_cast<double>(x[i])) && !is_neg_inf(x[i]))
+        detail::fail(kName, "bias[", i, "] = ", static_cast<double>(x[i]), ": entries must be finite or -inf (bias ",
+                     shape_of(bias), ")");
+    bias_ = std::make_shared<const Tensor4<Acc>>(bias);
+    return *this;
+  }
+  SoftmaxAttention& set_bias(const Tensor4<Acc>& bias) { return set_bias(ConstView4<Acc>(bias.data(), bias.dimensions())); }
+  void clear_bias() { bias_.reset(); }
+  bool has_bias() const { return bias_ != nullptr; }
+  /// The bias as held; empty when unset.
+  std::optional<ConstView4<Acc>> bias() const {
+    if (!bias_) return std::nullopt;
+    return ConstView4<Acc>(bias_->data(), bias_->dimensions());
+  }
+
+  /// Row r0 of the bias of item (b, h) (rows of Nk); nullptr without a bias.
+  const Acc* bias_rows(Index b, Index h, Index r0) const {
+    if (!bias_) return nullptr;
+    const Shape4 s = shape_of(*bias_);
+    return bias_->data() + ((s.B > 1 ? b : 0) * s.H + (s.H > 1 ? h : 0)) * s.N * s.D + r0 * s.D;
   }
 
   /// The score scale a call with head dim d uses.
   Acc scale_for(Index d) const {
     return static_cast<Acc>(scale ? *scale : 1.0 / std::sqrt(static_cast<double>(d)));
   }
+
+ private:
+  /// -inf by its bits: a comparison with an infinity may be folded away under -ffast-math.
+  static bool is_neg_inf(Acc x) {
+    const double d = static_cast<double>(x);
+    std::uint64_t bits;
+    std::memcpy(&bits, &d, sizeof bits);
+    return bits == 0xfff0000000000000ull;
+  }
+
+  void check_bias_shape(const Shape4& sq, const Shape4& sk) const {
+    const Shape4 s = shape_of(*bias_);
+    if ((s.B != 1 && s.B != sq.B) || (s.H != 1 && s.H != sq.H) || s.N != sq.N || s.D != sk.N)
+      detail::fail(kName, "bias has shape ", s, " but q ", sq, " and k ", sk, " need [1 or ", sq.B, ", 1 or ", sq.H,
+                   ", ", sq.N, ", ", sk.N, "] ([B or 1, H or 1, Nq, Nk])");
+  }
+
+  std::shared_ptr<const Tensor4<Acc>> bias_;
 };
 
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
-/// The flash Score of SoftmaxAttention: causal masking and the online softmax.
+/// The flash Score of SoftmaxAttention: the bias, causal masking and the online softmax.
 template <class Acc>
 class SoftmaxScore {
   using P = Packet<Acc>;
@@ -66,24 +135,30 @@ class SoftmaxScore {
   static constexpr int NQ = static_cast<int>(kBlockQ / L);
 
  public:
-  SoftmaxScore(Acc scale, bool causal)
-      : s_(scale), causal_(causal), max_(static_cast<size_t>(kBlockQ)), sum_(max_.size()) {}
+  /// Causal with the diagonal moved by `offset`: key j visible to query i iff j <= i + offset.
+  SoftmaxScore(Acc scale, bool causal, Index offset)
+      : s_(scale), causal_(causal), offset_(offset), max_(static_cast<size_t>(kBlockQ)), sum_(max_.size()) {}
 
-  /// Readies the block of queries from row i0.
-  void set_block(Index i0) { i0_ = i0; }
+  /// Readies the block of `rows` queries from row i0; bias (or nullptr) is its row i0, rows of ld.
+  void set_block(Index i0, Index rows, const Acc* bias, Index ld) {
+    i0_ = i0, rows_ = rows, bias_ = bias, ld_ = ld;
+  }
 
   Acc query_scale() const { return s_; }
+  /// The running max starts at the lowest finite value, not -inf: a column whose keys are all
+  /// masked so far then gets exp2(-inf - lowest) = 0 and alpha = 1, where -inf - (-inf) is NaN.
   void begin(const ConstMatrixMap<Acc>&) {
-    std::fill(max_.begin(), max_.end(), -std::numeric_limits<Acc>::infinity());
+    std::fill(max_.begin(), max_.end(), std::numeric_limits<Acc>::lowest());
     std::fill(sum_.begin(), sum_.end(), Acc(0));
   }
   StoreC<Acc> tile_output(Acc* st, Index bq, const Acc*, Index) { return {st, bq}; }
 
-  /// Masks the causal diagonal, then the online softmax down each query column of the first
-  /// `width` (the block's packets of queries). Key 0 is visible to every query, so after the first
-  /// tile every running max is finite. Returns the keys every query of the block sees.
+  /// Adds the bias, masks the causal diagonal, then the online softmax down each query column of
+  /// the first `width` (the block's packets of queries). Returns the keys every query of the
+  /// block sees.
   Index weigh(Acc* st, Index bq, Index width, Index nj, Index j0, Acc* ot, Index d) {
-    const Index dense = causal_ ? std::clamp<Index>(i0_ + 1 - j0, 0, nj) : nj;
+    if (bias_) add_bias(st, bq, nj, j0);
+    const Index dense = causal_ ? std::clamp<Index>(i0_ + offset_ + 1 - j0, 0, nj) : nj;
     for (Index j = dense; j < nj; ++j) std::fill(st + j * bq, st + j * bq + hidden(j0 + j), -kInf);
     static_assert(NQ == 4, "a flash block is four packets of queries");
     switch (width / L) {
@@ -95,8 +170,10 @@ class SoftmaxScore {
     return dense;
   }
 
-  /// Causal: key j is hidden from queries i0 + i < j, the first hidden(j) columns.
-  Index hidden(Index key) const { return causal_ ? std::clamp<Index>(key - i0_, 0, kBlockQ) : Index(0); }
+  /// Causal: key j is hidden from queries i0 + i < j - offset, the first hidden(j) columns.
+  Index hidden(Index key) const {
+    return causal_ ? std::clamp<Index>(key - offset_ - i0_, 0, kBlockQ) : Index(0);
+  }
 
   Acc row_factor(Index r) const {
     const Acc l = sum_[static_cast<size_t>(r)];
@@ -117,7 +194,7 @@ class SoftmaxScore {
     for (Index j = 0; j < nj; ++j)
       for (int p = 0; p < NP; ++p) m[p] = vmax(m[p], ei::pload<P>(st + j * bq + p * L));
     for (int p = 0; p < NP; ++p) {
-      alpha[p] = exp2_nonpositive(ei::pmul(ei::psub(ei::pload<P>(max_.data() + p * L), m[p]), log2e));  // 0 at first
+      alpha[p] = exp2_nonpositive(ei::pmul(ei::psub(ei::pload<P>(max_.data() + p * L), m[p]), log2e));  // 0 at first (1 while all masked)
       sum[p] = ei::pset1<P>(Acc(0));
     }
     for (Index j = 0; j < nj; ++j)
@@ -134,9 +211,45 @@ class SoftmaxScore {
       for (int p = 0; p < NP; ++p) ei::pstore(ot + c * bq + p * L, ei::pmul(ei::pload<P>(ot + c * bq + p * L), alpha[p]));
   }
 
+  /// ST(j, i) += bias(i, j0 + j) for the block's real queries. The bias is query-major, the tile
+  /// key-major: blocks of L x L are loaded a row of keys at a time, transposed in registers and
+  /// added to the tile (in L1), so nothing is gathered; the edges go one value at a time.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // PacketBlock<__m128>: the attributes of a member type
+#endif
+  void add_bias(Acc* st, Index bq, Index nj, Index j0) const {
+    constexpr int N = static_cast<int>(L);
+    Index i = 0;
+    for (; i + L <= rows_; i += L) {
+      const Acc* b = bias_ + i * ld_ + j0;
+      Index j = 0;
+      for (; j + L <= nj; j += L) {
+        ei::PacketBlock<P, N> t;
+        for (int r = 0; r < N; ++r) t.packet[r] = ei::ploadu<P>(b + r * ld_ + j);
+        ei::ptranspose(t);  // t.packet[c]: key j + c for the L queries
+        for (int c = 0; c < N; ++c) {
+          Acc* s = st + (j + c) * bq + i;
+          ei::pstoreu(s, ei::padd(ei::ploadu<P>(s), t.packet[c]));
+        }
+      }
+      add_bias_scalar(st, bq, i, i + L, j, nj, j0);
+    }
+    add_bias_scalar(st, bq, i, rows_, 0, nj, j0);
+  }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+  /// The same on queries [i0, i1) and keys [ja, jb) of the tile, one value at a time.
+  void add_bias_scalar(Acc* st, Index bq, Index i0, Index i1, Index ja, Index jb, Index j0) const {
+    for (Index j = ja; j < jb; ++j)
+      for (Index i = i0; i < i1; ++i) st[j * bq + i] += bias_[i * ld_ + j0 + j];
+  }
+
   Acc s_;
   bool causal_;
-  Index i0_ = 0;
+  Index offset_, i0_ = 0, rows_ = 0, ld_ = 0;
+  const Acc* bias_ = nullptr;
   AlignedBuffer<Acc> max_, sum_;
 };
 
@@ -148,12 +261,13 @@ struct Kernel<SoftmaxAttention<T>> {
     using Score = SoftmaxScore<accum_t<T>>;
     const Index nk = shape_of(k).N;
     const auto s = f.scale_for(shape_of(q).D);
+    const Index offset = f.causal_align == CausalAlign::bottom_right ? nk - shape_of(q).N : 0;
     flash_attention(
-        f.parallel, products_for(f).kind, q, k, v, out, [&] { return Score(s, f.causal); },
+        f.parallel, products_for(f).kind, q, k, v, out, [&] { return Score(s, f.causal, offset); },
         [&](Score& score, const WorkGrid::Item& it) {
-          score.set_block(it.r0);
+          score.set_block(it.r0, it.rows, f.bias_rows(it.b, it.h, it.r0), nk);
           const Index key_end = f.key_lengths.empty() ? nk : f.key_lengths[static_cast<size_t>(it.b)];
-          return f.causal ? std::min(key_end, it.r0 + it.rows) : key_end;
+          return f.causal ? std::clamp<Index>(it.r0 + it.rows + offset, 0, key_end) : key_end;
         });
     return {};
   }

@@ -10,16 +10,32 @@
 
 namespace softfree_ref {
 
-// O = softmax(scale * Q K^T [+ mask]) V, row-wise, per (b, h).
-// - causal: key j is masked for query i when j > i (the same index rule when
-//   q.N != k.N, i.e. no bottom-right alignment);
+// Options beyond the scale: causal masking with its alignment, key padding and an additive bias.
+struct SoftmaxOptions {
+  bool causal = false;
+  bool bottom_right = false;    // causal diagonal at j <= i + Nk - Nq instead of j <= i
+  std::vector<long> key_lengths;  // empty = no padding
+  const Tensor* bias = nullptr;   // [1 or B, 1 or H, Nq, Nk], added to scale * q.k; -inf masks
+};
+
+// O = softmax(scale * Q K^T + bias [+ mask]) V, row-wise, per (b, h).
+// - causal: key j is masked for query i when j > i (top-left), or when
+//   j > i + Nk - Nq with bottom_right;
+// - bias: added to the scaled score; a -inf entry masks the key like the
+//   other masks (its value is never read);
 // - key_lengths: empty = no padding, else one valid-key count L_b per batch
 //   item; keys j >= L_b are masked;
 // - a query row with every key masked yields zeros.
 // The row max is subtracted before exp so large scores do not overflow.
 inline Tensor softmax_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
-                                bool causal, const std::vector<long>& key_lengths) {
+                                const SoftmaxOptions& opt) {
   check_qkv(q, k, v);
+  const std::vector<long>& key_lengths = opt.key_lengths;
+  const Tensor* bias = opt.bias;
+  if (bias && ((bias->B != 1 && bias->B != q.B) || (bias->H != 1 && bias->H != q.H) || bias->N != q.N ||
+               bias->D != k.N))
+    throw std::invalid_argument("softmax_attention: bias must be [1 or B, 1 or H, Nq, Nk]");
+  const long diag = opt.bottom_right ? k.N - q.N : 0;
   if (!key_lengths.empty() && static_cast<long>(key_lengths.size()) != q.B)
     throw std::invalid_argument("softmax_attention: key_lengths needs one entry per batch item");
   Tensor out(q.B, q.H, q.N, v.D);
@@ -32,13 +48,20 @@ inline Tensor softmax_attention(const Tensor& q, const Tensor& k, const Tensor& 
         bool any = false;
         for (long j = 0; j < k.N; ++j) {
           bool ok = true;
-          if (causal && j > i) ok = false;
+          if (opt.causal && j > i + diag) ok = false;
           if (!key_lengths.empty() && j >= key_lengths[static_cast<std::size_t>(b)]) ok = false;
           valid[static_cast<std::size_t>(j)] = ok;
           if (!ok) continue;
           double s = 0.0;
           for (long d = 0; d < q.D; ++d) s += q(b, h, i, d) * k(b, h, j, d);
           s *= scale;
+          if (bias) {
+            const double w = (*bias)(bias->B == 1 ? 0 : b, bias->H == 1 ? 0 : h, i, j);
+            if (std::isinf(w) && w < 0) ok = false;
+            s += w;
+          }
+          valid[static_cast<std::size_t>(j)] = ok;
+          if (!ok) continue;
           score[static_cast<std::size_t>(j)] = s;
           if (s > row_max) row_max = s;
           any = true;
@@ -54,6 +77,15 @@ inline Tensor softmax_attention(const Tensor& q, const Tensor& k, const Tensor& 
         }
       }
   return out;
+}
+
+// The former signature: causal top-left and key padding only.
+inline Tensor softmax_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                                bool causal, const std::vector<long>& key_lengths) {
+  SoftmaxOptions opt;
+  opt.causal = causal;
+  opt.key_lengths = key_lengths;
+  return softmax_attention(q, k, v, scale, opt);
 }
 
 }  // namespace softfree_ref
