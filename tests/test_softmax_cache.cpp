@@ -147,6 +147,11 @@ TEST(SoftmaxCacheErrors, BadInputChangesNothing) {
   bad.scale = -1.0;
   EXPECT_TRUE(throws_naming([&] { SoftmaxKVCache<float> c(bad, 4); }, {"SoftmaxKVCache", "scale"}));
   bad.scale.reset();
+  softfree::Tensor4<float> bias(1, 1, 4, 4);
+  bias.setZero();
+  bad.set_bias(bias);
+  EXPECT_TRUE(throws_naming([&] { SoftmaxKVCache<float> c(bad, 4); }, {"SoftmaxKVCache", "bias"}));
+  bad.clear_bias();
   bad.math = static_cast<softfree::Math>(7);
   EXPECT_TRUE(throws_naming([&] { SoftmaxKVCache<float> c(bad, 4); }, {"math = 7"}));
 }

@@ -31,7 +31,7 @@ void softmax_row(const Acc* qs, const Acc* kt, Index ldk, const Acc* v, Index n,
   const Index wide = pad_to_packets<Acc>(n), dp = pad_to_packets<Acc>(d);  // whole packets only
   gemm<Tiling<8, 1>>(1, wide, d, StridedA<Acc>{qs, 0, 1}, RowsB<Acc>{kt, ldk}, StoreC<Acc>{scores, wide});
   const P log2e = ei::pset1<P>(kLog2e<Acc>);
-  P m = ei::pset1<P>(-std::numeric_limits<Acc>::infinity()), sum = ei::pset1<P>(Acc(0));
+  P m = ei::pset1<P>(std::numeric_limits<Acc>::lowest()), sum = ei::pset1<P>(Acc(0));  // as SoftmaxScore::begin
   std::fill(y, y + dp, Acc(0));
   for (Index j0 = 0; j0 < n; j0 += kFlashBlockK) {
     const Index nj = std::min(kFlashBlockK, n - j0);
@@ -75,11 +75,12 @@ class SoftmaxKVCache {
   static constexpr const char* kName = "SoftmaxKVCache";
 
  public:
-  /// A cache for a head of dimension d, with attn's scale and math (its causal, key_lengths and
-  /// parallel do not apply: the cache is causal and serial).
+  /// A cache for a head of dimension d, with attn's scale and math (its causal, causal_align,
+  /// key_lengths and parallel do not apply: the cache is causal, bottom-right, and serial; a bias
+  /// is rejected).
   SoftmaxKVCache(const SoftmaxAttention<T>& attn, Index d)
       : d_(check_dim(d)), scale_(checked_scale(attn, d)), math_(attn.math), choice_(detail::products_for(attn)),
-        kind_(choice_.kind), score_(scale_, true) {}
+        kind_(choice_.kind), score_(scale_, true, 0) {}
   explicit SoftmaxKVCache(Index d) : SoftmaxKVCache(SoftmaxAttention<T>{}, d) {}
 
   Index dim() const { return d_; }
@@ -165,6 +166,7 @@ class SoftmaxKVCache {
   }
   static Acc checked_scale(const SoftmaxAttention<T>& attn, Index d) {
     if (attn.scale) detail::check_positive_finite(kName, "scale", *attn.scale);
+    if (attn.has_bias()) detail::fail(kName, "attn has a bias: the cache applies none (decode with a bias is not supported)");
     detail::check_math<T>(kName, attn.math);
     return attn.scale_for(d);
   }
@@ -201,7 +203,7 @@ class SoftmaxKVCache {
   // The rows queries last written by next_queries(), from position i0, into ybuf_.
   template <class Block>
   void run_block(Block& block, Index rows, Index i0) {
-    score_.set_block(i0);
+    score_.set_block(i0, rows, nullptr, 0);
     block.run(score_, qbuf_.data() + (flip_ ? kBlockQ * d_ : 0), rows, i0 + rows, tile_, ybuf_.data());
   }
   void rebind(Index n) {
