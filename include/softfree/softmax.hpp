@@ -211,39 +211,15 @@ class SoftmaxScore {
       for (int p = 0; p < NP; ++p) ei::pstore(ot + c * bq + p * L, ei::pmul(ei::pload<P>(ot + c * bq + p * L), alpha[p]));
   }
 
-  /// ST(j, i) += bias(i, j0 + j) for the block's real queries. The bias is query-major, the tile
-  /// key-major: blocks of L x L are loaded a row of keys at a time, transposed in registers and
-  /// added to the tile (in L1), so nothing is gathered; the edges go one value at a time.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"  // PacketBlock<__m128>: the attributes of a member type
-#endif
+  /// ST(j, i) += bias(i, j0 + j) for the block's real queries, a bias row at a time (read along
+  /// its keys; the tile is in L1). A register transpose of L x L blocks (Eigen's ptranspose) ran
+  /// faster but inlines AVX-512 intrinsics that GCC 12 warns about in any -march=native consumer
+  /// (bug 105593), and the add is a small part of a tile next to its two products.
   void add_bias(Acc* st, Index bq, Index nj, Index j0) const {
-    constexpr int N = static_cast<int>(L);
-    Index i = 0;
-    for (; i + L <= rows_; i += L) {
+    for (Index i = 0; i < rows_; ++i) {
       const Acc* b = bias_ + i * ld_ + j0;
-      Index j = 0;
-      for (; j + L <= nj; j += L) {
-        ei::PacketBlock<P, N> t;
-        for (int r = 0; r < N; ++r) t.packet[r] = ei::ploadu<P>(b + r * ld_ + j);
-        ei::ptranspose(t);  // t.packet[c]: key j + c for the L queries
-        for (int c = 0; c < N; ++c) {
-          Acc* s = st + (j + c) * bq + i;
-          ei::pstoreu(s, ei::padd(ei::ploadu<P>(s), t.packet[c]));
-        }
-      }
-      add_bias_scalar(st, bq, i, i + L, j, nj, j0);
+      for (Index j = 0; j < nj; ++j) st[j * bq + i] += b[j];
     }
-    add_bias_scalar(st, bq, i, rows_, 0, nj, j0);
-  }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-  /// The same on queries [i0, i1) and keys [ja, jb) of the tile, one value at a time.
-  void add_bias_scalar(Acc* st, Index bq, Index i0, Index i1, Index ja, Index jb, Index j0) const {
-    for (Index j = ja; j < jb; ++j)
-      for (Index i = i0; i < i1; ++i) st[j * bq + i] += bias_[i * ld_ + j0 + j];
   }
 
   Acc s_;

@@ -74,6 +74,31 @@ void call_both_forms(const F& f, const std::string& what, const Tensor4<T>& q, c
   expect_finite(out, what + " (into out)");
 }
 
+/// The decoding states, one head, every token.
+template <class T>
+void decode(const Tensor4<T>& q, const Tensor4<T>& k, const Tensor4<T>& v) {
+  Tensor4<T> out(kB, kH, kN, kD);
+  softfree::SoftmaxKVCache<T> cache(kD);
+  cache.reserve(kN);
+  cache.append(k.data(), v.data(), kN / 2);
+  cache.attend(q.data(), out.data(), kN / 2);  // a chunk
+  softfree::AftFull<T> full;
+  full.set_bias(weights(kN, kN, 0.4));
+  typename softfree::AftFull<T>::State full_state(full, kD);
+  typename softfree::AftLocal<T>::State local_state(softfree::AftLocal<T>(4, weights(kN, kN, 0.5)), kD);
+  for (Index t = kN / 2; t < kN; ++t) {
+    const Index at = t * kD;
+    cache.append(k.data() + at, v.data() + at);
+    cache.attend(q.data() + at, out.data() + at);  // one query
+  }
+  for (Index t = 0; t < kN; ++t) {
+    const Index at = t * kD;
+    full_state.step(q.data() + at, k.data() + at, v.data() + at, out.data() + at);
+    local_state.step(q.data() + at, k.data() + at, v.data() + at, out.data() + kN * kD + at);
+  }
+  expect_finite(out, "the decoding states");
+}
+
 template <class T>
 void every_method() {
   // k near q: SoftNystrom's Newton-Schulz start (SPEC, as the official code) converges for the
@@ -81,6 +106,13 @@ void every_method() {
   const Tensor4<T> q = input<T>(1.0), k = input<T>(1.0, 0.05), v = input<T>(2.0);
 
   call_both_forms(softfree::SoftmaxAttention<T>{}, "SoftmaxAttention", q, k, v);
+  softfree::SoftmaxAttention<T> masked;  // an additive bias, bottom-right causal
+  softfree::Tensor4<softfree::accum_t<T>> bias(1, kH, kN, kN);
+  bias.setConstant(softfree::accum_t<T>(0.25));
+  masked.set_bias(bias);
+  masked.causal = true;
+  masked.causal_align = softfree::CausalAlign::bottom_right;
+  call_both_forms(masked, "SoftmaxAttention (bias, bottom-right causal)", q, k, v);
   call_both_forms(softfree::SimA<T>{}, "SimA", q, k, v);
   call_both_forms(softfree::SoftGaussian<T>{}, "SoftGaussian", q, k, v);
 
@@ -102,6 +134,8 @@ void every_method() {
   softfree::AftConv<T> conv;
   conv.set_bias(weights(3, 3, 0.3));
   call_both_forms(conv, "AftConv", q, k, v);
+
+  decode<T>(q, k, v);
 
   for (const std::string& name : softfree::attention_names())
     call_both_forms(softfree::make_attention<T>(name), "make_attention(\"" + name + "\")", q, k, v);
