@@ -3,7 +3,7 @@
 # run it for SECONDS seconds from the committed seed corpus.
 #
 #   bash scripts/fuzz.sh 120          # build, then fuzz for 120 s (default 60)
-#   bash scripts/fuzz.sh 600 -jobs=2  # extra arguments go to libFuzzer
+#   bash scripts/fuzz.sh 600 -seed=1  # extra arguments go to libFuzzer
 #
 # The seed corpus (tests/fuzz/corpus) is copied into build/fuzz/corpus-run, where libFuzzer adds
 # what it finds, so runs never touch the repository. Exits non-zero on any finding (a crash, a
