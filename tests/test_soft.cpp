@@ -246,6 +246,15 @@ TEST(NewtonPinv, RejectsBadInput) {
   o = {};
   o.tolerance = -1;
   EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(a, o); }, {"tolerance = -1"}));
+  // Found writing the fuzz oracle (tests/fuzz): lambda is added to the diagonal in float for a float matrix, so a finite
+  // lambda past float's range made the whole inverse NaN. Rejected there; in double it is an
+  // ordinary (huge) regulariser, whose inverse is I / (1 + lambda).
+  o = {};
+  o.lambda = 1e39;
+  EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(softfree::RowMatrix<float>::Identity(3, 3), o); },
+                            {"lambda = 1e+39", "float"}));
+  const auto r = softfree::newton_pinv(a, o);
+  EXPECT_TRUE(r.inverse.isApprox(a / (1 + o.lambda), 1e-12)) << r.inverse;
 }
 
 // ------------------------------------------------------------------ SoftNystrom
@@ -462,6 +471,8 @@ TEST(Soft, RejectsBadInput) {
   f.landmarks = Landmarks::segments(4);
   f.newton.lambda = std::numeric_limits<double>::infinity();
   EXPECT_TRUE(bad(f, {"newton.lambda = inf"}));
+  f.newton.lambda = 1e39;  // finite, but A + lambda I is formed in float: it would be NaN
+  EXPECT_TRUE(bad(f, {"newton.lambda = 1e+39", "float"}));
   f.newton = {};
   f.newton.steps = -3;
   EXPECT_TRUE(bad(f, {"newton.steps = -3"}));

@@ -6,6 +6,7 @@
 // iterate symmetric, which halves one of the products.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "../core/checks.hpp"
@@ -63,6 +64,15 @@ inline void check_newton_options(const char* where, const char* prefix, const Ne
     fail(where, prefix, "lambda = ", o.lambda, ": must be non-negative and finite");
   if (!(is_finite(o.tolerance) && o.tolerance >= 0))
     fail(where, prefix, "tolerance = ", o.tolerance, ": must be non-negative and finite (0 = no early stop)");
+}
+
+/// lambda is added to A's diagonal in the accumulate type Acc: past Acc's range it would be
+/// infinite there and the whole iterate NaN, so it is rejected like a non-finite one.
+template <class Acc>
+void check_newton_lambda_range(const char* where, const char* prefix, const NewtonOptions& o) {
+  if (o.lambda > static_cast<double>(std::numeric_limits<Acc>::max()))
+    fail(where, prefix, "lambda = ", o.lambda, ": exceeds the range of ", std::is_same<Acc, float>::value ? "float" : "double",
+         ", the type the pseudo-inverse is computed in");
 }
 
 struct NewtonStats {
@@ -339,6 +349,7 @@ NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Deriv
   if (a.rows() != a.cols() || a.rows() == 0)
     detail::fail("newton_pinv", "a is ", a.rows(), " x ", a.cols(), ": must be square and non-empty");
   detail::check_newton_options("newton_pinv", "options.", options);
+  detail::check_newton_lambda_range<Acc>("newton_pinv", "options.", options);
   detail::NewtonWorkspace<Acc> ws;
   const detail::NewtonStats st = ws.run(a.eval(), options);
   NewtonResult<Acc> r;

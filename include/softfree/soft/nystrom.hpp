@@ -51,6 +51,7 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
 
   void check_options(const Shape4& s, const Shape4& sk) const {
     detail::check_newton_options(kName, "newton.", newton);
+    detail::check_newton_lambda_range<accum_t<T>>(kName, "newton.", newton);
     const Landmarks& l = landmarks;
     switch (l.kind) {
       case Landmarks::Kind::Segments:
