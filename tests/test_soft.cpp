@@ -463,6 +463,10 @@ TEST(Soft, RejectsBadInput) {
   EXPECT_TRUE(bad(f, {"r = 0"}));
   f.landmarks = Landmarks::grid(3, 4, 4);
   EXPECT_TRUE(bad(f, {"r = 4", "min(rows, cols)"}));
+  // Found by the fuzz harness's option table: rows * cols overflowed Index (undefined behaviour;
+  // the asan preset's UBSan stops on it) before the grid was rejected.
+  f.landmarks = Landmarks::grid(std::numeric_limits<Index>::max(), 2, 1);
+  EXPECT_TRUE(bad(f, {"grid(rows = 9223372036854775807, cols = 2", "[1, 2, 12, 8]"}));
   f.landmarks = Landmarks::given(random_tensor<float>(1, 2, 4, 7, 81), random_tensor<float>(1, 2, 4, 7, 82));
   EXPECT_TRUE(bad(f, {"q_landmarks has shape [1, 2, 4, 7]"}));
   f.landmarks = Landmarks::given(random_tensor<float>(1, 2, 4, 8, 81), random_tensor<float>(1, 2, 5, 8, 82));
