@@ -234,6 +234,24 @@ TEST(NewtonPinv, ZeroMatrix) {
   EXPECT_TRUE(r0.converged);
 }
 
+TEST(NewtonPinv, TinyMatrixKeepsItsLargeInverse) {
+  // Found by the fuzz harness: float entries ~1e-38 have an inverse ~1e37 (representable), but the
+  // start's factor 1.8 / row_sum^2 (~1e74) overflowed float and the result was NaN. V0 is scaled
+  // in double now. pinv(a) = 1e38 pinv(1e38 a), and 1e38 a is well conditioned.
+  softfree::RowMatrix<float> a(3, 3);
+  a << 5e-38f, 1e-38f, 2e-38f, 1e-38f, 6e-38f, 1e-38f, 2e-38f, 1e-38f, 7e-38f;
+  NewtonOptions o;
+  o.lambda = 0;
+  const auto r = softfree::newton_pinv(a, o);
+  ASSERT_TRUE(r.inverse.allFinite());
+  const softfree::RowMatrix<double> scaled = a.cast<double>() * 1e38;
+  const auto ref = softfree_ref::newton_pinv(ref_matrix(scaled), o.steps, 0.0, softfree_ref::PinvInit::Current);
+  const softfree::RowMatrix<double> got = r.inverse.cast<double>() / 1e38;
+  // float iterates of a well-conditioned 3 x 3 matrix: a few float roundings, 1e-5 relative.
+  EXPECT_LT(max_abs_diff(got, ref.inverse), 1e-5 * softfree_ref::max_abs(ref.inverse));
+  EXPECT_TRUE(r.converged);
+}
+
 TEST(NewtonPinv, RejectsBadInput) {
   const softfree::RowMatrix<double> a = softfree::RowMatrix<double>::Identity(3, 3);
   EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(softfree::RowMatrix<double>(2, 3)); }, {"2 x 3", "square"}));

@@ -172,6 +172,7 @@ class NewtonWorkspace {
   Map map(AlignedBuffer<Acc>& b) { return Map(b.data(), m, m, Eigen::OuterStride<>(ld)); }
   auto full(AlignedBuffer<Acc>& b) { return Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(b.data(), m * ld); }
   void start(const NewtonOptions& o, double row_sum);
+  void set_v(const Map& x, double c, double s);
   void start_transposed();
   void iterate(const NewtonOptions& o, NewtonStats& st);
   double pinv_residual();
@@ -227,6 +228,15 @@ void NewtonWorkspace<Acc>::mul_symmetric_result(const Acc* x, const Acc* y, Acc*
     for (Index j = std::max(mp, r + 1); j < m; ++j) c[r * ld + j] = c[j * ld + r];
 }
 
+// V0 = x c / s^2 (x: P or P^T), in double: in Acc the factor c / s^2 alone overflows for a
+// tiny P (float entries ~1e-37) whose V0 is representable.
+template <class Acc>
+void NewtonWorkspace<Acc>::set_v(const Map& x, double c, double s) {
+  auto v = this->v();
+  for (Index i = 0; i < m; ++i)
+    for (Index j = 0; j < m; ++j) v(i, j) = static_cast<Acc>(static_cast<double>(x(i, j)) / s * c / s);
+}
+
 // V0 from P (already in p()) and the largest row sum of A.
 template <class Acc>
 void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
@@ -237,17 +247,17 @@ void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
     // the iteration still converges to (lambda I)^-1 rather than dividing by zero.
     const double rs = row_sum > 0 ? row_sum : o.lambda;
     if (rs > 0)
-      v = static_cast<Acc>(0.9 * 2.0 / (rs * rs)) * p;
+      set_v(p, 0.9 * 2.0, rs);
     else
       v.setZero();  // A = 0 and lambda = 0: pinv(0) = 0
   } else if (row_sum > 0) {
-    double alpha = 2.0 / (row_sum * row_sum);
-    v = static_cast<Acc>(alpha) * p;
+    double c = 2.0;  // alpha = c / row_sum^2
+    set_v(p, c, row_sum);
     for (int halvings = 0; halvings < 10; ++halvings) {
       mul(p_, v_, t_, Form::General);
       if (!(max_abs_col_sum_of_identity_minus(t_.data(), m, ld) > 1.01)) break;  // ||I - A V0||_1
-      alpha *= 0.5;
-      v = static_cast<Acc>(alpha) * p;
+      c *= 0.5;
+      set_v(p, c, row_sum);
     }
   } else {
     v.setZero();  // pinv(0) = 0
@@ -267,11 +277,13 @@ void NewtonWorkspace<Acc>::start_transposed() {
     for (Index i = 0; i < m; ++i) sum += std::abs(static_cast<double>(p(i, j)));
     col = std::max(col, sum);
   }
-  const double norms = col * max_abs_row_sum(p_.data(), m, ld);
-  if (norms > 0)
-    v = static_cast<Acc>(1.0 / norms) * p.transpose();
-  else
+  const double row = max_abs_row_sum(p_.data(), m, ld);
+  if (col > 0 && row > 0) {  // divided in double, one norm at a time (as set_v): a tiny P's V0 is large
+    for (Index i = 0; i < m; ++i)
+      for (Index j = 0; j < m; ++j) v(i, j) = static_cast<Acc>(static_cast<double>(p(j, i)) / col / row);
+  } else {
     v.setZero();
+  }
 }
 
 // The steps from v(); t() = P V on entry and on exit.
