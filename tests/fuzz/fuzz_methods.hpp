@@ -140,8 +140,9 @@ void set_square_bias(Case<T>& c, F& f, uint8_t how) {
 
 template <class T>
 void fuzz_aft_full(Case<T>& c, softfree::AftFull<T>& f) {
+  const bool rejected_before = c.must_reject;
   set_square_bias(c, f, opt(c, 0));
-  if (opt(c, 1) & 1) f.clear_bias();
+  if (opt(c, 1) & 1) f.clear_bias(), c.must_reject = rejected_before;  // a bad bias no longer counts
   c.expect_finite = aft_finite_rule(c);
 }
 
@@ -171,6 +172,7 @@ void fuzz_aft_conv(Case<T>& c, softfree::AftConv<T>& f) {
   }
   static const Index sizes[] = {1, 3, 5, 7, 2, 0, 9, 1};
   const Index kh = sizes[opt(c, 4) % 8], kw = sizes[opt(c, 5) % 8];
+  const bool rejected_before = c.must_reject;
   switch (opt(c, 3) % 4) {
     case 1: {
       const softfree::AftWeights<T> w = weights(c, 1, kh, kw);
@@ -183,7 +185,7 @@ void fuzz_aft_conv(Case<T>& c, softfree::AftConv<T>& f) {
     case 3: f.set_bias(weights(c, c.H() + 1, kh, kw)); if (c.H() + 1 != 1) c.must_reject = true; break;
     default: break;
   }
-  if (opt(c, 6) & 1) f.clear_bias();
+  if (opt(c, 6) & 1) f.clear_bias(), c.must_reject = rejected_before;  // a bad kernel no longer counts
   c.expect_finite = aft_finite_rule(c);
 }
 
