@@ -38,7 +38,8 @@ void fuzz_newton(Reader& in) {
   try {
     const auto r = softfree::newton_pinv(a, o);
     if (bad) finding("bad input was accepted", "newton_pinv", type_name<Acc>());
-    if (!(a.array() == a0.array()).all()) finding("the call changed its input", "newton_pinv", type_name<Acc>());
+    if (a.size() && std::memcmp(a.data(), a0.data(), static_cast<size_t>(a.size()) * sizeof(Acc)) != 0)
+      finding("the call changed its input", "newton_pinv", type_name<Acc>());
     if (st.finite && on_grid && (!r.inverse.allFinite() || !std::isfinite(r.residual)))
       finding("non-finite pseudo-inverse for finite input", "newton_pinv", type_name<Acc>());
   } catch (const softfree::invalid_argument&) {
