@@ -252,6 +252,19 @@ TEST(NewtonPinv, TinyMatrixKeepsItsLargeInverse) {
   EXPECT_TRUE(r.converged);
 }
 
+TEST(NewtonPinv, OverflowingStartIsRestartedEvenWithoutSteps) {
+  // Found by the fuzz harness: lambda = 1e38 in float makes P V0 overflow; with steps = 0 the
+  // residual stayed inf (inf <= inf: no restart). Now restarted, to (A + lambda I)^-1 = I / (1 + lambda).
+  const softfree::RowMatrix<float> a = softfree::RowMatrix<float>::Identity(3, 3);
+  NewtonOptions o;
+  o.lambda = 1e38;
+  o.steps = 0;
+  const auto r = softfree::newton_pinv(a, o);
+  EXPECT_TRUE(r.restarted);
+  EXPECT_TRUE(std::isfinite(r.residual));
+  EXPECT_TRUE(r.inverse.isApprox(a / (1 + 1e38f), 1e-5f)) << r.inverse;
+}
+
 TEST(NewtonPinv, RejectsBadInput) {
   const softfree::RowMatrix<double> a = softfree::RowMatrix<double>::Identity(3, 3);
   EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(softfree::RowMatrix<double>(2, 3)); }, {"2 x 3", "square"}));

@@ -331,7 +331,9 @@ NewtonStats NewtonWorkspace<Acc>::run(const Eigen::MatrixBase<Derived>& a, const
   const double r0 = distance_to_identity(t_.data(), m, ld);
   NewtonStats st;
   iterate(o, st);
-  if (!(st.residual <= r0)) {  // diverged (or non-finite): the start that always converges
+  // Diverged, or non-finite (also a start whose P V0 overflowed, as with steps = 0): the start that
+  // always converges.
+  if (!(st.residual <= r0) || !std::isfinite(st.residual)) {
     st.restarted = true;
     start_transposed();
     mul(p_, v_, t_, pv);
