@@ -4,6 +4,7 @@
 #   bash scripts/install-deps.sh           # cmake, g++, make, Eigen, GoogleTest, Google Benchmark, ...
 #   bash scripts/install-deps.sh --clang   # ... and clang (with its sanitizer runtimes)
 #   bash scripts/install-deps.sh --peers   # ... and oneDNN, for the benchmarks' peer rows only
+#   bash scripts/install-deps.sh --fuzz    # ... and clang with its libFuzzer / sanitizer runtimes
 #
 # Only missing packages are installed; when nothing is missing it prints nothing
 # and touches nothing. Runs as root, or through sudo; otherwise it lists what to
@@ -17,11 +18,14 @@ for arg in "$@"; do
     # With clang's sanitizer runtimes (the tsan preset): clang only recommends them, and
     # --no-install-recommends below would leave -fsanitize=thread without its library.
     --clang) packages+=(clang libclang-rt-dev) ;;
+    # libFuzzer and the sanitizer runtimes of clang 14 (scripts/fuzz.sh); clang-14 itself only
+    # pulls them in through a recommended package.
+    --fuzz) packages+=(clang libclang-rt-14-dev) ;;
     # The OpenCL headers too: Debian's dnnl-config.cmake requires them, and libdnnl-dev only
     # recommends them (not installed under --no-install-recommends).
     --peers) packages+=(libdnnl-dev ocl-icd-opencl-dev) ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "install-deps.sh: unknown argument '$arg' (expected --clang or --peers)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "install-deps.sh: unknown argument '$arg' (expected --clang, --peers or --fuzz)" >&2; exit 2 ;;
   esac
 done
 

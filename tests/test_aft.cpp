@@ -474,6 +474,11 @@ TEST(AftErrors, BadGridOrKernel) {
   unset.rows = 5;
   unset.cols = 5;
   EXPECT_TRUE(throws_naming([&] { unset(x.q, x.k, x.v); }, {"rows = 5"}));
+  // Found by the fuzz harness's option table: rows * cols overflowed Index (undefined behaviour;
+  // the asan preset's UBSan stops on it) before the grid was rejected.
+  unset.rows = std::numeric_limits<Index>::max();
+  unset.cols = 2;
+  EXPECT_TRUE(throws_naming([&] { unset(x.q, x.k, x.v); }, {"rows = 9223372036854775807", "cols = 2", "N = 12"}));
 }
 
 TEST(AftErrors, StateWithTheWrongDimension) {

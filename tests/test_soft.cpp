@@ -234,6 +234,37 @@ TEST(NewtonPinv, ZeroMatrix) {
   EXPECT_TRUE(r0.converged);
 }
 
+TEST(NewtonPinv, TinyMatrixKeepsItsLargeInverse) {
+  // Found by the fuzz harness: float entries ~1e-38 have an inverse ~1e37 (representable), but the
+  // start's factor 1.8 / row_sum^2 (~1e74) overflowed float and the result was NaN. V0 is scaled
+  // in double now. pinv(a) = 1e38 pinv(1e38 a), and 1e38 a is well conditioned.
+  softfree::RowMatrix<float> a(3, 3);
+  a << 5e-38f, 1e-38f, 2e-38f, 1e-38f, 6e-38f, 1e-38f, 2e-38f, 1e-38f, 7e-38f;
+  NewtonOptions o;
+  o.lambda = 0;
+  const auto r = softfree::newton_pinv(a, o);
+  ASSERT_TRUE(r.inverse.allFinite());
+  const softfree::RowMatrix<double> scaled = a.cast<double>() * 1e38;
+  const auto ref = softfree_ref::newton_pinv(ref_matrix(scaled), o.steps, 0.0, softfree_ref::PinvInit::Current);
+  const softfree::RowMatrix<double> got = r.inverse.cast<double>() / 1e38;
+  // float iterates of a well-conditioned 3 x 3 matrix: a few float roundings, 1e-5 relative.
+  EXPECT_LT(max_abs_diff(got, ref.inverse), 1e-5 * softfree_ref::max_abs(ref.inverse));
+  EXPECT_TRUE(r.converged);
+}
+
+TEST(NewtonPinv, OverflowingStartIsRestartedEvenWithoutSteps) {
+  // Found by the fuzz harness: lambda = 1e38 in float makes P V0 overflow; with steps = 0 the
+  // residual stayed inf (inf <= inf: no restart). Now restarted, to (A + lambda I)^-1 = I / (1 + lambda).
+  const softfree::RowMatrix<float> a = softfree::RowMatrix<float>::Identity(3, 3);
+  NewtonOptions o;
+  o.lambda = 1e38;
+  o.steps = 0;
+  const auto r = softfree::newton_pinv(a, o);
+  EXPECT_TRUE(r.restarted);
+  EXPECT_TRUE(std::isfinite(r.residual));
+  EXPECT_TRUE(r.inverse.isApprox(a / (1 + 1e38f), 1e-5f)) << r.inverse;
+}
+
 TEST(NewtonPinv, RejectsBadInput) {
   const softfree::RowMatrix<double> a = softfree::RowMatrix<double>::Identity(3, 3);
   EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(softfree::RowMatrix<double>(2, 3)); }, {"2 x 3", "square"}));
@@ -246,6 +277,15 @@ TEST(NewtonPinv, RejectsBadInput) {
   o = {};
   o.tolerance = -1;
   EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(a, o); }, {"tolerance = -1"}));
+  // Found writing the fuzz oracle (tests/fuzz): lambda is added to the diagonal in float for a float matrix, so a finite
+  // lambda past float's range made the whole inverse NaN. Rejected there; in double it is an
+  // ordinary (huge) regulariser, whose inverse is I / (1 + lambda).
+  o = {};
+  o.lambda = 1e39;
+  EXPECT_TRUE(throws_naming([&] { softfree::newton_pinv(softfree::RowMatrix<float>::Identity(3, 3), o); },
+                            {"lambda = 1e+39", "float"}));
+  const auto r = softfree::newton_pinv(a, o);
+  EXPECT_TRUE(r.inverse.isApprox(a / (1 + o.lambda), 1e-12)) << r.inverse;
 }
 
 // ------------------------------------------------------------------ SoftNystrom
@@ -454,6 +494,10 @@ TEST(Soft, RejectsBadInput) {
   EXPECT_TRUE(bad(f, {"r = 0"}));
   f.landmarks = Landmarks::grid(3, 4, 4);
   EXPECT_TRUE(bad(f, {"r = 4", "min(rows, cols)"}));
+  // Found by the fuzz harness's option table: rows * cols overflowed Index (undefined behaviour;
+  // the asan preset's UBSan stops on it) before the grid was rejected.
+  f.landmarks = Landmarks::grid(std::numeric_limits<Index>::max(), 2, 1);
+  EXPECT_TRUE(bad(f, {"grid(rows = 9223372036854775807, cols = 2", "[1, 2, 12, 8]"}));
   f.landmarks = Landmarks::given(random_tensor<float>(1, 2, 4, 7, 81), random_tensor<float>(1, 2, 4, 7, 82));
   EXPECT_TRUE(bad(f, {"q_landmarks has shape [1, 2, 4, 7]"}));
   f.landmarks = Landmarks::given(random_tensor<float>(1, 2, 4, 8, 81), random_tensor<float>(1, 2, 5, 8, 82));
@@ -462,6 +506,8 @@ TEST(Soft, RejectsBadInput) {
   f.landmarks = Landmarks::segments(4);
   f.newton.lambda = std::numeric_limits<double>::infinity();
   EXPECT_TRUE(bad(f, {"newton.lambda = inf"}));
+  f.newton.lambda = 1e39;  // finite, but A + lambda I is formed in float: it would be NaN
+  EXPECT_TRUE(bad(f, {"newton.lambda = 1e+39", "float"}));
   f.newton = {};
   f.newton.steps = -3;
   EXPECT_TRUE(bad(f, {"newton.steps = -3"}));

@@ -83,7 +83,7 @@ class AftConv : public Attention<AftConv<T>, T>, public detail::AftBias<AftConv<
                      " is not a perfect square: set rows and cols with rows * cols = N");
       return {r, r};
     }
-    if (rows <= 0 || cols <= 0 || rows * cols != n)
+    if (rows <= 0 || cols <= 0 || rows > n / cols || rows * cols != n)  // rows <= n / cols: no overflow
       detail::fail(kName, "grid rows = ", rows, ", cols = ", cols, ": rows * cols must equal N = ", n);
     return {rows, cols};
   }

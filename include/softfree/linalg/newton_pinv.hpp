@@ -6,6 +6,7 @@
 // iterate symmetric, which halves one of the products.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "../core/checks.hpp"
@@ -63,6 +64,15 @@ inline void check_newton_options(const char* where, const char* prefix, const Ne
     fail(where, prefix, "lambda = ", o.lambda, ": must be non-negative and finite");
   if (!(is_finite(o.tolerance) && o.tolerance >= 0))
     fail(where, prefix, "tolerance = ", o.tolerance, ": must be non-negative and finite (0 = no early stop)");
+}
+
+/// lambda is added to A's diagonal in the accumulate type Acc: past Acc's range it would be
+/// infinite there and the whole iterate NaN, so it is rejected like a non-finite one.
+template <class Acc>
+void check_newton_lambda_range(const char* where, const char* prefix, const NewtonOptions& o) {
+  if (o.lambda > static_cast<double>(std::numeric_limits<Acc>::max()))
+    fail(where, prefix, "lambda = ", o.lambda, ": exceeds the range of ", std::is_same<Acc, float>::value ? "float" : "double",
+         ", the type the pseudo-inverse is computed in");
 }
 
 struct NewtonStats {
@@ -162,6 +172,7 @@ class NewtonWorkspace {
   Map map(AlignedBuffer<Acc>& b) { return Map(b.data(), m, m, Eigen::OuterStride<>(ld)); }
   auto full(AlignedBuffer<Acc>& b) { return Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(b.data(), m * ld); }
   void start(const NewtonOptions& o, double row_sum);
+  void set_v(const Map& x, double c, double s);
   void start_transposed();
   void iterate(const NewtonOptions& o, NewtonStats& st);
   double pinv_residual();
@@ -217,6 +228,15 @@ void NewtonWorkspace<Acc>::mul_symmetric_result(const Acc* x, const Acc* y, Acc*
     for (Index j = std::max(mp, r + 1); j < m; ++j) c[r * ld + j] = c[j * ld + r];
 }
 
+// V0 = x c / s^2 (x: P or P^T), in double: in Acc the factor c / s^2 alone overflows for a
+// tiny P (float entries ~1e-37) whose V0 is representable.
+template <class Acc>
+void NewtonWorkspace<Acc>::set_v(const Map& x, double c, double s) {
+  auto v = this->v();
+  for (Index i = 0; i < m; ++i)
+    for (Index j = 0; j < m; ++j) v(i, j) = static_cast<Acc>(static_cast<double>(x(i, j)) / s * c / s);
+}
+
 // V0 from P (already in p()) and the largest row sum of A.
 template <class Acc>
 void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
@@ -227,17 +247,17 @@ void NewtonWorkspace<Acc>::start(const NewtonOptions& o, double row_sum) {
     // the iteration still converges to (lambda I)^-1 rather than dividing by zero.
     const double rs = row_sum > 0 ? row_sum : o.lambda;
     if (rs > 0)
-      v = static_cast<Acc>(0.9 * 2.0 / (rs * rs)) * p;
+      set_v(p, 0.9 * 2.0, rs);
     else
       v.setZero();  // A = 0 and lambda = 0: pinv(0) = 0
   } else if (row_sum > 0) {
-    double alpha = 2.0 / (row_sum * row_sum);
-    v = static_cast<Acc>(alpha) * p;
+    double c = 2.0;  // alpha = c / row_sum^2
+    set_v(p, c, row_sum);
     for (int halvings = 0; halvings < 10; ++halvings) {
       mul(p_, v_, t_, Form::General);
       if (!(max_abs_col_sum_of_identity_minus(t_.data(), m, ld) > 1.01)) break;  // ||I - A V0||_1
-      alpha *= 0.5;
-      v = static_cast<Acc>(alpha) * p;
+      c *= 0.5;
+      set_v(p, c, row_sum);
     }
   } else {
     v.setZero();  // pinv(0) = 0
@@ -257,11 +277,13 @@ void NewtonWorkspace<Acc>::start_transposed() {
     for (Index i = 0; i < m; ++i) sum += std::abs(static_cast<double>(p(i, j)));
     col = std::max(col, sum);
   }
-  const double norms = col * max_abs_row_sum(p_.data(), m, ld);
-  if (norms > 0)
-    v = static_cast<Acc>(1.0 / norms) * p.transpose();
-  else
+  const double row = max_abs_row_sum(p_.data(), m, ld);
+  if (col > 0 && row > 0) {  // divided in double, one norm at a time (as set_v): a tiny P's V0 is large
+    for (Index i = 0; i < m; ++i)
+      for (Index j = 0; j < m; ++j) v(i, j) = static_cast<Acc>(static_cast<double>(p(j, i)) / col / row);
+  } else {
     v.setZero();
+  }
 }
 
 // The steps from v(); t() = P V on entry and on exit.
@@ -309,7 +331,9 @@ NewtonStats NewtonWorkspace<Acc>::run(const Eigen::MatrixBase<Derived>& a, const
   const double r0 = distance_to_identity(t_.data(), m, ld);
   NewtonStats st;
   iterate(o, st);
-  if (!(st.residual <= r0)) {  // diverged (or non-finite): the start that always converges
+  // Diverged, or non-finite (also a start whose P V0 overflowed, as with steps = 0): the start that
+  // always converges.
+  if (!(st.residual <= r0) || !std::isfinite(st.residual)) {
     st.restarted = true;
     start_transposed();
     mul(p_, v_, t_, pv);
@@ -339,6 +363,7 @@ NewtonResult<typename Derived::Scalar> newton_pinv(const Eigen::MatrixBase<Deriv
   if (a.rows() != a.cols() || a.rows() == 0)
     detail::fail("newton_pinv", "a is ", a.rows(), " x ", a.cols(), ": must be square and non-empty");
   detail::check_newton_options("newton_pinv", "options.", options);
+  detail::check_newton_lambda_range<Acc>("newton_pinv", "options.", options);
   detail::NewtonWorkspace<Acc> ws;
   const detail::NewtonStats st = ws.run(a.eval(), options);
   NewtonResult<Acc> r;

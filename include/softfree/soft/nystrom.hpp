@@ -51,6 +51,7 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
 
   void check_options(const Shape4& s, const Shape4& sk) const {
     detail::check_newton_options(kName, "newton.", newton);
+    detail::check_newton_lambda_range<accum_t<T>>(kName, "newton.", newton);
     const Landmarks& l = landmarks;
     switch (l.kind) {
       case Landmarks::Kind::Segments:
@@ -63,10 +64,10 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
           detail::fail(kName, "landmarks = grid(rows = ", l.rows, ", cols = ", l.cols, ", r = ", l.r,
                        "): r must be in [1, min(rows, cols)]");
         for (const Shape4& x : {s, sk})
-          if (l.rows * l.cols != x.N)
+          if (l.rows > x.N / l.cols || l.rows * l.cols != x.N)  // (cols >= r >= 1) the product cannot overflow
             detail::fail(kName, "landmarks = grid(rows = ", l.rows, ", cols = ", l.cols, ", r = ", l.r,
-                         "): rows * cols = ", l.rows * l.cols, " but q has shape ", s, " and k has shape ", sk,
-                         " (N tokens)");
+                         "): rows * cols = ", static_cast<double>(l.rows) * static_cast<double>(l.cols),
+                         " but q has shape ", s, " and k has shape ", sk, " (N tokens)");
         break;
       case Landmarks::Kind::Given: {
         if (!l.q_given || !l.k_given) detail::fail(kName, "landmarks = given(...): a landmark tensor is missing");

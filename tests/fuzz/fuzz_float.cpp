@@ -1,0 +1,6 @@
+// fuzz_one<float>: one storage type per translation unit, so the harness builds in parallel.
+#include "fuzz_one.hpp"
+
+namespace softfree_fuzz {
+template void fuzz_one<float>(Reader&);
+}  // namespace softfree_fuzz

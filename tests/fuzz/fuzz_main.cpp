@@ -1,0 +1,30 @@
+// libFuzzer entry point of the softfree harness (tests/fuzz/fuzz_attention.hpp has the oracle):
+// byte 0 picks the storage type, fuzz_<type>.cpp run the case.
+#include <cstdlib>
+
+#include <Eigen/Core>
+
+#include "fuzz_input.hpp"
+
+namespace softfree_fuzz {
+template <class T>
+void fuzz_one(Reader& in);
+}  // namespace softfree_fuzz
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  // The bf16 pair kernels wherever the build and CPU have them (the selection rule keeps Intel
+  // Xeons off them): so they are fuzzed too. An explicit setting in the environment wins.
+  setenv("SOFTFREE_BF16_PRODUCTS", "force", 0);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  softfree_fuzz::Reader in(data, size);
+  switch (in.at(softfree_fuzz::kType) % 4) {
+    case 0: softfree_fuzz::fuzz_one<float>(in); break;
+    case 1: softfree_fuzz::fuzz_one<Eigen::half>(in); break;
+    case 2: softfree_fuzz::fuzz_one<Eigen::bfloat16>(in); break;
+    default: softfree_fuzz::fuzz_one<double>(in); break;
+  }
+  return 0;
+}
