@@ -351,6 +351,23 @@ TYPED_TEST(Aft, HugeKeysStayFiniteAndCorrect) {
   expect_all_match(x, random_weights<T>(1, N, N, 142), 4, random_weights<T>(2, 3, 3, 143), rows, cols);
 }
 
+TYPED_TEST(Aft, KeysFarBeyondExpRangeStayCorrect) {
+  // |K| of 1e10 and 1e30 (float and double; half and bfloat16 store 6e4 and 1e30): the weights
+  // e^{K - max K} must be formed as differences, or the rounding of max K log2 e alone (1e3 at
+  // 1e10 in float) overflows 2^t.
+  using T = TypeParam;
+  if (std::is_same<T, Eigen::half>::value) GTEST_SKIP() << "half's largest value is 65504 (HugeKeysStayFiniteAndCorrect covers it)";
+  for (const double kb : {1e10, 1e30}) {
+    SCOPED_TRACE(kb);
+    const Index rows = 5, cols = 8, N = rows * cols;
+    QKV<T> x(1, 2, N, 6, 171);
+    for (Index i = 0; i < x.k.size(); ++i)  // keys near kb (and a few far below it): ratios of O(1) weights
+      x.k.data()[i] = static_cast<T>(kb * (1.0 - (i % 7 == 0 ? 0.5 : 0.0)) + static_cast<double>(i % 5));
+    // Zero biases: the double reference forms k + w, which at 1e10 already rounds w away.
+    expect_all_match(x, random_weights<T>(1, N, N, 172, 0, 0), 4, random_weights<T>(2, 3, 3, 173, 0, 0), rows, cols);
+  }
+}
+
 TYPED_TEST(Aft, CausalRowsBeforeALaterMaxAreNotZeroOverZero) {
   // Keys rising by 3 per token: a block's max lies up to ~190 above its first rows' keys, so
   // shifting those rows by it underflows their denominators; they must still be right.

@@ -184,18 +184,13 @@ void aft_col_max(const Acc* k, Index rows, Index d, Acc* m) {
   });
 }
 
-/// The shift of aft_exp for a per-channel max m: -m log2 e.
+/// e^{k - m} per lane for keys k <= m (m: their channel's max), as 2^((k - m) log2 e): the
+/// difference first, so the exponent is <= 0 for every key however large (the one-FMA form
+/// k log2 e - m log2 e rounds m log2 e, and with keys of 1e10 in float that gave the largest key
+/// an exponent of +512, 2^512 = inf, and NaN results), and exactly 0 for the largest.
 template <class P>
-EIGEN_ALWAYS_INLINE P aft_shift(const P& m) {
-  return ei::pnegate(ei::pmul(m, ei::pset1<P>(kLog2e<scalar_of<P>>)));
-}
-
-/// e^{k - m} per lane as 2^(k log2 e - m log2 e), the exponent one FMA, with shift = aft_shift(m).
-/// The rounding of m log2 e is the same for every key sharing the shift m, so it cancels in
-/// num / den.
-template <class P>
-EIGEN_ALWAYS_INLINE P aft_exp(const P& k, const P& shift) {
-  return exp2_nonpositive(ei::pmadd(k, ei::pset1<P>(kLog2e<scalar_of<P>>), shift));
+EIGEN_ALWAYS_INLINE P aft_exp(const P& k, const P& m) {
+  return exp2_nonpositive(ei::pmul(ei::psub(k, m), ei::pset1<P>(kLog2e<scalar_of<P>>)));
 }
 
 /// X[t] = [e^{K[t] - m} * V[t], e^{K[t] - m}, 0...] for t in [lo, hi) of k and v (rows of d),
@@ -206,7 +201,7 @@ void aft_exp_rows(const Acc* k, const Acc* v, Index d, const Acc* m, Index lo, I
     Acc* xt = x + (t - lo) * ldx;
     for_each_packet<Acc>(d, [&](auto p, Index c) {
       using P = decltype(p);
-      const P e = aft_exp(ei::ploadu<P>(k + t * d + c), aft_shift(ei::ploadu<P>(m + c)));
+      const P e = aft_exp(ei::ploadu<P>(k + t * d + c), ei::ploadu<P>(m + c));
       ei::pstoreu(xt + d + c, e);
       ei::pstoreu(xt + c, ei::pmul(e, ei::ploadu<P>(v + t * d + c)));
     });
@@ -224,7 +219,7 @@ void aft_exp_rows_split(const Acc* k, const Acc* v, Index d, const Acc* m, Index
       // K and V come from L3 or memory (each item rereads them): ask ahead.
       prefetch_ahead(k + t * d + c);
       prefetch_ahead(v + t * d + c);
-      const P x = aft_exp(ei::ploadu<P>(k + t * d + c), aft_shift(ei::pload<P>(m + c)));
+      const P x = aft_exp(ei::ploadu<P>(k + t * d + c), ei::pload<P>(m + c));
       ei::pstoreu(e + t * d + c, x);
       ei::pstoreu(ev + t * d + c, ei::pmul(x, ei::ploadu<P>(v + t * d + c)));
     }

@@ -215,7 +215,7 @@ class AftSimpleHead {
     using P = Packet<Acc>;
     constexpr Index L = kLanes<Acc>;
     const Index ld = ld_;
-    P mx[NP], nu[NP], de[NP], shift[NP];
+    P mx[NP], nu[NP], de[NP];
     for (int p = 0; p < NP; ++p) mx[p] = load_packet(kt + p * L);
     for (Index r = 1; r < rows; ++r)
       for (int p = 0; p < NP; ++p) {
@@ -234,11 +234,10 @@ class AftSimpleHead {
         nu[p] = ei::pmul(ei::pload<P>(num + p * L), alpha);
         de[p] = ei::pmul(ei::pload<P>(den + p * L), alpha);
       }
-      shift[p] = aft_shift(mx[p]);
     }
     for (Index r = 0; r < rows; ++r)
       for (int p = 0; p < NP; ++p) {
-        const P e = aft_exp(load_packet(kt + r * ld + p * L), shift[p]);
+        const P e = aft_exp(load_packet(kt + r * ld + p * L), mx[p]);
         nu[p] = ei::pmadd(e, load_packet(vt + r * ld + p * L), nu[p]);
         de[p] = ei::padd(de[p], e);
       }
