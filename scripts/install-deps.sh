@@ -3,6 +3,7 @@
 #
 #   bash scripts/install-deps.sh           # cmake, g++, make, Eigen, GoogleTest, Google Benchmark, ...
 #   bash scripts/install-deps.sh --clang   # ... and clang
+#   bash scripts/install-deps.sh --aarch64 # ... and the aarch64 cross compiler and qemu-user
 #   bash scripts/install-deps.sh --peers   # ... and oneDNN, for the benchmarks' peer rows only
 #
 # Only missing packages are installed; when nothing is missing it prints nothing
@@ -15,11 +16,14 @@ packages=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-de
 for arg in "$@"; do
   case "$arg" in
     --clang) packages+=(clang) ;;
+    # The aarch64 preset: GoogleTest is built from libgtest-dev's sources (/usr/src/googletest)
+    # by the cross compiler, so no arm64 packages are needed.
+    --aarch64) packages+=(g++-aarch64-linux-gnu qemu-user) ;;
     # The OpenCL headers too: Debian's dnnl-config.cmake requires them, and libdnnl-dev only
     # recommends them (not installed under --no-install-recommends).
     --peers) packages+=(libdnnl-dev ocl-icd-opencl-dev) ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "install-deps.sh: unknown argument '$arg' (expected --clang or --peers)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "install-deps.sh: unknown argument '$arg' (expected --clang, --aarch64 or --peers)" >&2; exit 2 ;;
   esac
 done
 

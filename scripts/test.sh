@@ -4,6 +4,7 @@
 #   bash scripts/test.sh            # preset "default": Release, warnings as errors
 #   bash scripts/test.sh asan       # AddressSanitizer + UndefinedBehaviorSanitizer
 #   bash scripts/test.sh clang      # clang++ -march=native (the vector paths of this machine)
+#   bash scripts/test.sh aarch64    # cross-built for aarch64 (NEON), unit tests under qemu-user
 #
 # Installs missing dependencies first (scripts/install-deps.sh), then runs
 # `cmake --workflow --preset <preset>` (configure, build with 2 jobs, ctest).
@@ -24,6 +25,8 @@ fail() {
 deps_args=()
 if [[ "$preset" == clang* ]]; then
   deps_args+=(--clang)
+elif [[ "$preset" == aarch64* ]]; then
+  deps_args+=(--aarch64)
 fi
 bash scripts/install-deps.sh "${deps_args[@]}" || fail "installing dependencies"
 
