@@ -3,6 +3,7 @@
 #
 #   bash scripts/install-deps.sh           # cmake, g++, make, Eigen, GoogleTest, Google Benchmark, ...
 #   bash scripts/install-deps.sh --clang   # ... and clang (with its sanitizer runtimes)
+#   bash scripts/install-deps.sh --aarch64 # ... and the aarch64 cross compiler and qemu-user
 #   bash scripts/install-deps.sh --peers   # ... and oneDNN, for the benchmarks' peer rows only
 #   bash scripts/install-deps.sh --fuzz    # ... and clang with its libFuzzer / sanitizer runtimes
 #
@@ -21,11 +22,14 @@ for arg in "$@"; do
     # libFuzzer and the sanitizer runtimes of clang 14 (scripts/fuzz.sh); clang-14 itself only
     # pulls them in through a recommended package.
     --fuzz) packages+=(clang libclang-rt-14-dev) ;;
+    # The aarch64 preset: GoogleTest is built from libgtest-dev's sources (/usr/src/googletest)
+    # by the cross compiler, so no arm64 packages are needed.
+    --aarch64) packages+=(g++-aarch64-linux-gnu qemu-user) ;;
     # The OpenCL headers too: Debian's dnnl-config.cmake requires them, and libdnnl-dev only
     # recommends them (not installed under --no-install-recommends).
     --peers) packages+=(libdnnl-dev ocl-icd-opencl-dev) ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "install-deps.sh: unknown argument '$arg' (expected --clang, --peers or --fuzz)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "install-deps.sh: unknown argument '$arg' (expected --clang, --aarch64, --peers or --fuzz)" >&2; exit 2 ;;
   esac
 done
 

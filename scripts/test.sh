@@ -5,6 +5,7 @@
 #   bash scripts/test.sh asan       # AddressSanitizer + UndefinedBehaviorSanitizer
 #   bash scripts/test.sh clang      # clang++ -march=native (the vector paths of this machine)
 #   bash scripts/test.sh tsan       # ThreadSanitizer (clang): the concurrency tests alone
+#   bash scripts/test.sh aarch64    # cross-built for aarch64 (NEON), unit tests under qemu-user
 #
 # Installs missing dependencies first (scripts/install-deps.sh), then runs
 # `cmake --workflow --preset <preset>` (configure, build with 2 jobs, ctest).
@@ -25,6 +26,8 @@ fail() {
 deps_args=()
 if [[ "$preset" == clang* || "$preset" == tsan* ]]; then
   deps_args+=(--clang)
+elif [[ "$preset" == aarch64* ]]; then
+  deps_args+=(--aarch64)
 fi
 bash scripts/install-deps.sh "${deps_args[@]}" || fail "installing dependencies"
 
