@@ -155,7 +155,8 @@ class NystromHead {
       for (Index i = 0; i < m; ++i)
         for (Index j = 0; j < i; ++j) a(i, j) = a(j, i);
     const NewtonStats st = newton.run(a, f.newton);
-    auto v = newton.v();
+    double* v = newton.v_double();  // V and Y in double: Y = V (R V) cancels (V's entries ~ 1 / lambda)
+    const Index ldv = newton.stride_double();
     if (f.soft_norm) {  // D^-1/2 pinv D^-1/2, D = diag(A 1): scale rows and columns
       for (Index i = 0; i < m; ++i) {
         Acc row_sum = 0;
@@ -163,10 +164,17 @@ class NystromHead {
         dq_[static_cast<size_t>(i)] = Acc(1) / std::sqrt(row_sum);
       }
       for (Index i = 0; i < m; ++i)
-        for (Index j = 0; j < m; ++j) v(i, j) *= dq_[static_cast<size_t>(i)] * dq_[static_cast<size_t>(j)];
+        for (Index j = 0; j < m; ++j)
+          v[i * ldv + j] *= static_cast<double>(dq_[static_cast<size_t>(i)] * dq_[static_cast<size_t>(j)]);
     }
-    gemm<GeneralTiling>(m, ldo_, m, StridedA<Acc>{newton.v_data(), newton.stride(), 1}, RowsB<Acc>{rv.data(), ldo_},
-                        StoreC<Acc>{y, ldo_});
+    if constexpr (std::is_same<Acc, double>::value) {
+      gemm<GeneralTiling>(m, ldo_, m, StridedA<Acc>{v, ldv, 1}, RowsB<Acc>{rv.data(), ldo_}, StoreC<Acc>{y, ldo_});
+    } else {  // R V to double, Y in double, rounded once (m^2 D work in double)
+      double *rvd = reserve(rvd_, m * ldo_), *yd = reserve(yd_, m * ldo_);
+      for (Index i = 0; i < m * ldo_; ++i) rvd[i] = static_cast<double>(rv[static_cast<size_t>(i)]);
+      gemm<GeneralTiling>(m, ldo_, m, StridedA<double>{v, ldv, 1}, RowsB<double>{rvd, ldo_}, StoreC<double>{yd, ldo_});
+      for (Index i = 0; i < m * ldo_; ++i) y[i] = static_cast<Acc>(yd[i]);
+    }
     return st;
   }
 
@@ -231,6 +239,7 @@ class NystromHead {
 
  private:
   AlignedBuffer<Acc> a_, dq_;
+  AlignedBuffer<double> rvd_, yd_;  // float: R V and Y in double
   const Acc* y_ = nullptr;  // float products: Y (set_y)
   AlignedBuffer<Acc> pk_;                                // kept P (float products)
   AlignedBuffer<PairWord> ww_, vw_, yw_, pw_, pk_words_;  // Pairs: W, V, Y, P's tile, kept P
