@@ -185,6 +185,10 @@ class NewtonWorkspace {
   /// Runs the iteration on the square matrix a; the result is left in v().
   template <class Derived>
   NewtonStats run(const Eigen::MatrixBase<Derived>& a, const NewtonOptions& o);
+  /// For float: whether the last step runs in double (see above). A caller whose products round
+  /// to bf16 anyway (SoftNystrom's pair products) turns it off: its error is far above the float
+  /// iterate's, and the double step would cost the same there.
+  bool refine = true;
 
  private:
   Map map(AlignedBuffer<Acc>& b) { return Map(b.data(), m, m, Eigen::OuterStride<>(ld)); }
@@ -316,7 +320,7 @@ void NewtonWorkspace<Acc>::iterate(const NewtonOptions& o, NewtonStats& st) {
   bool refined = false;
   for (int s = 1; s <= o.steps; ++s) {
     st.steps = s;
-    if (kFloat && s == o.steps) {
+    if (kFloat && refine && s == o.steps) {
       step_in_double();
       refined = true;
     } else {

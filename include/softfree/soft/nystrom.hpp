@@ -154,6 +154,7 @@ class NystromHead {
     if (tied)
       for (Index i = 0; i < m; ++i)
         for (Index j = 0; j < i; ++j) a(i, j) = a(j, i);
+    newton.refine = !Pairs;
     const NewtonStats st = newton.run(a, f.newton);
     double* v = newton.v_double();  // V and Y in double: Y = V (R V) cancels (V's entries ~ 1 / lambda)
     const Index ldv = newton.stride_double();
