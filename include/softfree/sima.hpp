@@ -135,8 +135,9 @@ class SimAHead {
       for (Index r = 0; r < rows; ++r)
         for (Index c = 0; c < d; ++c) s[static_cast<size_t>(c)] += std::abs(static_cast<double>(x[r * d + c]));
     }
+    /// A NaN norm (a NaN in the channel) gives a NaN scale: the channel is NaN, not dropped.
     void to_scales(double eps) {
-      for (double& w : s) w = w > 0 ? 1.0 / std::max(w, eps) : 0.0;
+      for (double& w : s) w = w == 0 ? 0.0 : 1.0 / std::max(w, eps);
     }
     /// x (rows x d) times the scales, into this workspace's buffer.
     const Acc* apply(const Acc* x, Index rows) {
@@ -208,8 +209,9 @@ class SimAHead {
     }
   }
 
-  /// 1 / max(norm, eps) in Acc; an all-zero channel gets 0. Non-finite when the norm overflowed.
-  Acc scale_of(Acc norm) const { return norm > 0 ? Acc(1) / std::max(norm, static_cast<Acc>(eps_)) : Acc(0); }
+  /// 1 / max(norm, eps) in Acc; an all-zero channel gets 0. Non-finite when the norm overflowed;
+  /// NaN for a NaN norm (std::max keeps its first argument when unordered), never 0.
+  Acc scale_of(Acc norm) const { return norm == 0 ? Acc(0) : Acc(1) / std::max(norm, static_cast<Acc>(eps_)); }
 
   /// Adds sum_rows |x| to norm, summing each chunk of 256 rows apart first so the rounding error
   /// grows with the chunk, not with N.

@@ -242,10 +242,14 @@ Acc aft_exact_ratio(const Acc* k, const Acc* v, Index d, Index c, Index last, co
 }
 
 /// y = sigma(q) * num / den for `rows` rows of d (q and y rows of d), with [num | den] rows at
-/// acc + r * lda; an element whose den is below aft_tiny is replaced by exact(r, c).
+/// acc + r * lda; an element whose den is below aft_tiny (or NaN) or whose ratio is not finite is
+/// replaced by exact(r, c). The second keeps a non-finite input to the rows that see it: a causal
+/// row block's sums also take keys past some of its rows, weighted by 0, and 0 times a NaN or inf
+/// value is NaN; the exact ratio sums only the keys the row sees.
 template <class Acc, class Exact>
 void aft_finish(const Acc* q, Index d, const Acc* acc, Index lda, Index rows, Acc* y, const Exact& exact) {
   constexpr Index L = kLanes<Acc>;
+  constexpr Acc kMax = std::numeric_limits<Acc>::max();
   alignas(kAlignBytes) Acc lanes_buf[L];
   for (Index r = 0; r < rows; ++r) {
     const Acc* a = acc + r * lda;
@@ -253,10 +257,11 @@ void aft_finish(const Acc* q, Index d, const Acc* acc, Index lda, Index rows, Ac
       using P = decltype(p);
       const P den = ei::ploadu<P>(a + d + c);
       P ratio = ei::pdiv(ei::ploadu<P>(a + c), den);
-      if (vany(ei::pcmp_lt_or_nan(den, ei::pset1<P>(aft_tiny<Acc>())))) {
+      if (vany(ei::por(ei::pcmp_lt_or_nan(den, ei::pset1<P>(aft_tiny<Acc>())),
+                       ei::pcmp_lt_or_nan(ei::pset1<P>(kMax), ei::pabs(ratio))))) {
         ei::pstoreu(lanes_buf, ratio);
         for (Index l = 0; l < lanes<P>(); ++l)
-          if (!(a[d + c + l] >= aft_tiny<Acc>())) lanes_buf[l] = exact(r, c + l);
+          if (!(a[d + c + l] >= aft_tiny<Acc>()) || !(std::abs(lanes_buf[l]) <= kMax)) lanes_buf[l] = exact(r, c + l);
         ratio = ei::ploadu<P>(lanes_buf);
       }
       ei::pstoreu(y + r * d + c, scaled_sigmoid(ei::ploadu<P>(q + r * d + c), ratio));

@@ -31,10 +31,12 @@ class AftRunning {
     for_each_packet<Acc>(d_, [&](auto p, Index c) {
       using P = decltype(p);
       const P kk = ei::ploadu<P>(k + c), vv = ei::ploadu<P>(v + c);
-      if (n_ == 0) {
+      if (n_ == 0) {  // e^{k - m} with m = k: 1; NaN for k NaN or +inf, 0 for -inf (as later keys)
+        const P minus_inf = ei::pset1<P>(-std::numeric_limits<Acc>::infinity());
+        const P one = ei::pandnot(ei::padd(ei::psub(kk, kk), ei::pset1<P>(Acc(1))), ei::pcmp_eq(kk, minus_inf));
         ei::pstoreu(m_.data() + c, kk);
-        ei::pstoreu(num_.data() + c, vv);
-        ei::pstoreu(den_.data() + c, ei::pset1<P>(Acc(1)));
+        ei::pstoreu(num_.data() + c, ei::pmul(one, vv));
+        ei::pstoreu(den_.data() + c, one);
         return;
       }
       const P m_old = ei::ploadu<P>(m_.data() + c), m_new = vmax(m_old, kk), log2e = ei::pset1<P>(kLog2e<Acc>);

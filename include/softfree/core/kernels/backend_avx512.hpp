@@ -64,21 +64,24 @@ struct Avx512Backend : GenericBackend {
 
   static void stream_fence() { _mm_sfence(); }
 
+  /// vmaxps / vminps return their second operand when either is NaN: called (b, a), a NaN in a
+  /// gives NaN and one only in b gives a, std::max's rule and Eigen's pmax / pmin on every other
+  /// backend (SoftGaussian's min(t, 0) turned a NaN distance into a weight of 1 otherwise).
   template <class P>
   static EIGEN_ALWAYS_INLINE P max(const P& a, const P& b) {
     if constexpr (is16f<P>())
-      return _mm512_maskz_max_ps(kAll, a, b);
+      return _mm512_maskz_max_ps(kAll, b, a);
     else if constexpr (is8d<P>())
-      return _mm512_maskz_max_pd(kAll8, a, b);
+      return _mm512_maskz_max_pd(kAll8, b, a);
     else
       return GenericBackend::max(a, b);
   }
   template <class P>
   static EIGEN_ALWAYS_INLINE P min(const P& a, const P& b) {
     if constexpr (is16f<P>())
-      return _mm512_maskz_min_ps(kAll, a, b);
+      return _mm512_maskz_min_ps(kAll, b, a);
     else if constexpr (is8d<P>())
-      return _mm512_maskz_min_pd(kAll8, a, b);
+      return _mm512_maskz_min_pd(kAll8, b, a);
     else
       return GenericBackend::min(a, b);
   }

@@ -23,7 +23,9 @@ EIGEN_ALWAYS_INLINE P exp2_nonpositive(const P& t) {
   return Backend::exp2_nonpositive(t);
 }
 
-/// Lane-wise maximum and minimum (Eigen's pmax and pmin, but warning-free on every compiler).
+/// Lane-wise maximum and minimum (Eigen's pmax and pmin, but warning-free on every compiler). NaN
+/// as std::max: a NaN in a gives NaN, one only in b gives a, on every backend (the kernels rely on
+/// it: a NaN score or distance must stay NaN, never become the other operand).
 template <class P>
 EIGEN_ALWAYS_INLINE P vmax(const P& a, const P& b) {
   return Backend::max(a, b);
