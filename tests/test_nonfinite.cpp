@@ -70,15 +70,16 @@ Expect for_value(Poison p) {  // a value reached through positive weights
 }
 Expect nan_or(Poison p, Expect inf) { return p == Poison::nan ? Expect::nan : inf; }
 
-/// SoftmaxAttention: q row i reaches row i (a row that sees no key stays 0); k row j every row
-/// that sees key j (an inf score gives NaN where it is +inf, drops key j where it is -inf); v[j, c]
-/// column c of the rows that see j, with positive weights.
+/// SoftmaxAttention: q row i reaches row i only: a NaN makes it NaN; an inf makes its scores
+/// +-inf, NaN where one is +inf, and zeros where every score it sees is -inf (as a row whose keys
+/// are all masked); k row j every row that sees key j (an inf score gives NaN where it is +inf,
+/// drops key j where it is -inf); v[j, c] column c of the rows that see j, with positive weights.
 Rule softmax_rule(bool causal, bool padded) {
   return [=](Where w, Poison p, const Spot& s, Index t, Index c) {
     const Index length = padded && s.b == 1 ? kLength : kN;
     const auto sees = [&](Index key) { return key < length && (!causal || key <= t); };
     switch (w) {
-      case Where::q: return t == s.j ? Expect::nan : Expect::same;
+      case Where::q: return t == s.j ? nan_or(p, Expect::any) : Expect::same;
       case Where::k: return sees(s.j) ? nan_or(p, Expect::any) : Expect::same;
       case Where::v: return sees(s.j) && c == s.jc ? for_value(p) : Expect::same;
     }
