@@ -81,7 +81,7 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
       if (!detail::is_finite(static_cast<double>(x[i])) && !is_neg_inf(x[i]))
         detail::fail(kName, "bias[", i, "] = ", static_cast<double>(x[i]), ": entries must be finite or -inf (bias ",
                      shape_of(bias), ")");
-    bias_ = std::make_shared<const Tensor4<Acc>>(bias);
+    bias_ = std::make_shared<const Bias>(Bias{shape_of(bias), std::vector<Acc>(x, x + bias.size())});
     return *this;
   }
   SoftmaxAttention& set_bias(const Tensor4<Acc>& bias) { return set_bias(ConstView4<Acc>(bias.data(), bias.dimensions())); }
@@ -90,14 +90,15 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
   /// The bias as held; empty when unset.
   std::optional<ConstView4<Acc>> bias() const {
     if (!bias_) return std::nullopt;
-    return ConstView4<Acc>(bias_->data(), bias_->dimensions());
+    const Shape4 s = bias_->shape;
+    return ConstView4<Acc>(bias_->w.data(), s.B, s.H, s.N, s.D);
   }
 
   /// Row r0 of the bias of item (b, h) (rows of Nk); nullptr without a bias.
   const Acc* bias_rows(Index b, Index h, Index r0) const {
     if (!bias_) return nullptr;
-    const Shape4 s = shape_of(*bias_);
-    return bias_->data() + ((s.B > 1 ? b : 0) * s.H + (s.H > 1 ? h : 0)) * s.N * s.D + r0 * s.D;
+    const Shape4 s = bias_->shape;
+    return bias_->w.data() + ((s.B > 1 ? b : 0) * s.H + (s.H > 1 ? h : 0)) * s.N * s.D + r0 * s.D;
   }
 
   /// The score scale a call with head dim d uses.
@@ -115,13 +116,19 @@ class SoftmaxAttention : public Attention<SoftmaxAttention<T>, T> {
   }
 
   void check_bias_shape(const Shape4& sq, const Shape4& sk) const {
-    const Shape4 s = shape_of(*bias_);
+    const Shape4 s = bias_->shape;
     if ((s.B != 1 && s.B != sq.B) || (s.H != 1 && s.H != sq.H) || s.N != sq.N || s.D != sk.N)
       detail::fail(kName, "bias has shape ", s, " but q ", sq, " and k ", sk, " need [1 or ", sq.B, ", 1 or ", sq.H,
                    ", ", sq.N, ", ", sk.N, "] ([B or 1, H or 1, Nq, Nk])");
   }
 
-  std::shared_ptr<const Tensor4<Acc>> bias_;
+  // The bias in a std::vector, never an Eigen object, whose allocator differs with -march (as the
+  // AFT tables: core/kernels/isa.hpp).
+  struct Bias {
+    Shape4 shape;
+    std::vector<Acc> w;
+  };
+  std::shared_ptr<const Bias> bias_;
 };
 
 namespace detail {
