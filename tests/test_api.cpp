@@ -283,12 +283,16 @@ TYPED_TEST(ApiTyped, MismatchedShapes) {
   using T = TypeParam;
   const SoftmaxAttention<T> attn;
   const auto q = random_tensor<T>(2, 3, 7, 8, 10), kv = random_tensor<T>(2, 3, 9, 8, 11);
-  const char* bh = "batch (B) and heads (H) must match";
+  const char* b = "batch (B) must match";
+  const char* h = "k and v must have the same heads (H)";
   const auto t = [](Index B, Index H, Index N, Index D) { return random_tensor<T>(B, H, N, D, 12); };
-  EXPECT_TRUE(rejects(attn, q, t(1, 3, 9, 8), kv, {"k has shape [1, 3, 9, 8]", "q has shape [2, 3, 7, 8]", bh}));
-  EXPECT_TRUE(rejects(attn, q, t(2, 4, 9, 8), kv, {"k has shape [2, 4, 9, 8]", "q has shape [2, 3, 7, 8]", bh}));
-  EXPECT_TRUE(rejects(attn, q, kv, t(3, 3, 9, 8), {"v has shape [3, 3, 9, 8]", "q has shape [2, 3, 7, 8]", bh}));
-  EXPECT_TRUE(rejects(attn, q, kv, t(2, 1, 9, 8), {"v has shape [2, 1, 9, 8]", bh}));
+  EXPECT_TRUE(rejects(attn, q, t(1, 3, 9, 8), kv, {"k has shape [1, 3, 9, 8]", "q has shape [2, 3, 7, 8]", b}));
+  EXPECT_TRUE(rejects(attn, q, t(2, 4, 9, 8), kv, {"k has shape [2, 4, 9, 8]", "v has shape [2, 3, 9, 8]", h}));
+  EXPECT_TRUE(rejects(attn, q, kv, t(3, 3, 9, 8), {"v has shape [3, 3, 9, 8]", "q has shape [2, 3, 7, 8]", b}));
+  EXPECT_TRUE(rejects(attn, q, kv, t(2, 1, 9, 8), {"v has shape [2, 1, 9, 8]", h}));
+  // Grouped-query heads: k and v may have fewer heads than q, but they must divide q's.
+  EXPECT_TRUE(rejects(attn, q, t(2, 2, 9, 8), t(2, 2, 9, 8),
+                      {"k and v have shape [2, 2, 9, 8]", "q has shape [2, 3, 7, 8]", "H_kv = 2", "must divide"}));
   EXPECT_TRUE(rejects(attn, q, t(2, 3, 9, 16), kv, {"k has shape [2, 3, 9, 16]", "head dim (D) must match"}));
   EXPECT_TRUE(rejects(attn, q, kv, t(2, 3, 9, 4), {"v has shape [2, 3, 9, 4]", "head dim (D) must match"}));
   EXPECT_TRUE(rejects(attn, q, kv, t(2, 3, 8, 8),

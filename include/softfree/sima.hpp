@@ -81,12 +81,14 @@ class SimAHead {
   // M (row stride ldm: D, or D rounded up to whole packets for pairs).
   SimAHead(Index d, double eps)
       : d_(d), ldm_(Pairs ? pad_to_16(d) : d), eps_(eps), qnorm_(static_cast<size_t>(d)), knorm_(qnorm_.size()),
-        qscale_(d), kscale_(d), kv_(static_cast<size_t>(d * ldm_)) {}
+        qscale_(d), kscale_(d), kv_(static_cast<size_t>(d * ldm_)), kt_v_(kv_.size()) {}
 
-  // O = Q (diag(a b) (K^T V)), or Qn (Kn^T V).
-  void kv_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op) {
+  // O = Q (diag(a b) (K^T V)), or Qn (Kn^T V). keys_ready: K^T V and K's norms are those of the
+  // previous call (a query head of the same grouped-query group), not to be formed again.
+  void kv_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op, bool keys_ready = false) {
     const Index d = d_, ldm = ldm_;
-    const bool direct = direct_m(qp, nq, kp, vp, nk);
+    if (!keys_ready) key_sums(kp, vp, nk);
+    const bool direct = direct_m(qp, nq);
     if (!direct) scaled_m(qp, nq, kp, vp, nk);
     if constexpr (Pairs) pack_row_pairs<PairOps>(kv_.data(), d, d, ldm, reserve(mp_, pairs_of(d) * ldm), ldm);
     for (Index r0 = 0; r0 < nq; r0 += kTile) {
@@ -158,19 +160,25 @@ class SimAHead {
                       x <= static_cast<double>(std::numeric_limits<Acc>::max()));
   }
 
-  /// kv = diag(a b) (K^T V) in Acc from the tiles as they are; false where anything overflowed or
-  /// a scale is not a normal Acc (then kv is to be rebuilt by scaled_m).
-  bool direct_m(const T* qp, Index nq, const T* kp, const T* vp, Index nk) {
-    const Index d = d_, ldm = ldm_;
-    Acc* kv = kv_.data();
-    std::fill(kv_.begin(), kv_.end(), Acc(0));
+  /// kt_v = K^T V and knorm = K's column l1 norms, in Acc from the tiles as they are.
+  void key_sums(const T* kp, const T* vp, Index nk) {
+    const Index d = d_;
+    std::fill(kt_v_.begin(), kt_v_.end(), Acc(0));
     std::fill(knorm_.begin(), knorm_.end(), Acc(0));
     for (Index r0 = 0; r0 < nk; r0 += kTile) {
       const Index rows = std::min(kTile, nk - r0);
       const Acc* kt = load_k_(kp + r0 * d, rows, d).data();
-      add_kv(kt, load_v_(vp + r0 * d, rows, d).data(), rows, kv);
+      add_kv(kt, load_v_(vp + r0 * d, rows, d).data(), rows, kt_v_.data());
       add_abs_colsum(kt, rows, knorm_.data());
     }
+  }
+
+  /// kv = diag(a b) (K^T V) from key_sums' results; false where anything overflowed or a scale is
+  /// not a normal Acc (then kv is to be rebuilt by scaled_m).
+  bool direct_m(const T* qp, Index nq) {
+    const Index d = d_, ldm = ldm_;
+    Acc* kv = kv_.data();
+    std::copy(kt_v_.begin(), kt_v_.end(), kv_.begin());
     std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));
     for (Index r0 = 0; r0 < nq; r0 += kTile) {
       const Index rows = std::min(kTile, nq - r0);
@@ -245,7 +253,7 @@ class SimAHead {
   double eps_;
   AlignedBuffer<Acc> qnorm_, knorm_;  // direct_m's float norms
   Scales qscale_, kscale_;            // scaled_m's and qk_first's scales
-  AlignedBuffer<Acc> partial_, kv_, scores_;
+  AlignedBuffer<Acc> partial_, kv_, kt_v_, scores_;  // kt_v_: K^T V as key_sums left it
   AlignedBuffer<PairWord> pw_, vw_, mp_;  // Pairs: Kn^T or Qn, V, M as pair words
   TileLoader<T> load_q_, load_k_, load_v_;
   OutputTile<T> out_;
@@ -268,14 +276,17 @@ struct Kernel<SimA<T>> {
   static NoReport run(const SimA<T>& f, SimAOrder how, const ConstView4<T>& q, const ConstView4<T>& k,
                       const ConstView4<T>& v, const View4<T>& out) {
     const Shape4 sq = shape_of(q), sk = shape_of(k);
-    // One item = one (b, h): the column norms need every token of the head.
-    for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N}, [&] {
+    // One item = the query heads of one kv head (one (b, h) without grouped-query heads): the
+    // column norms need every token of the head, and K^T V is formed once for the group.
+    for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N, 0, sq.H / sk.H}, [&] {
       return [&, ws = Head(sq.D, f.eps)](const WorkGrid::Item& it) mutable {
-        const HeadSlices<T> x = head_slices(q, k, v, out, it.b, it.h);
-        if (how == SimAOrder::KVFirst)
-          ws.kv_first(x.q, sq.N, x.k, x.v, sk.N, x.out);
-        else
-          ws.qk_first(x.q, sq.N, x.k, x.v, sk.N, x.out);
+        for (Index i = 0; i < it.heads; ++i) {
+          const HeadSlices<T> x = head_slices(q, k, v, out, it.b, it.h + i);
+          if (how == SimAOrder::KVFirst)
+            ws.kv_first(x.q, sq.N, x.k, x.v, sk.N, x.out, /*keys_ready=*/i > 0);
+          else
+            ws.qk_first(x.q, sq.N, x.k, x.v, sk.N, x.out);
+        }
       };
     });
     return {};

@@ -30,7 +30,8 @@
 namespace softfree {
 
 /// Learned AFT parameters as [heads, rows, cols], row-major, in the accumulate type of T:
-/// heads = 1 (shared by every head) or H (one per head). AftFull / AftLocal biases are N x N
+/// heads = 1 (shared by every head) or H_kv, k's heads (one per head; with grouped-query heads,
+/// one per kv head, shared by its query heads). AftFull / AftLocal biases are N x N
 /// (row = query t, column = key t'); AftConv's are kh x kw kernels.
 template <class T>
 using AftWeights = Eigen::Tensor<accum_t<T>, 3, Eigen::RowMajor>;
@@ -116,10 +117,13 @@ void aft_check_weights(const char* where, const char* name, const AftTable<Acc>&
            " at flat index ", i);
 }
 
-/// Weights for H heads must have 1 or H slots.
-inline void aft_check_heads(const char* where, const char* name, Index slots, Index H) {
-  if (slots != 1 && slots != H)
-    fail(where, name, " has ", slots, " head slots but the input has H = ", H, ": give 1 (shared) or H");
+/// Weights must have 1 slot (shared) or one per head of k and v: the weighted average belongs to
+/// a kv head, and with grouped-query heads its query heads share it (each gated by its own q).
+inline void aft_check_heads(const char* where, const char* name, Index slots, const Shape4& q, const Shape4& k) {
+  if (slots == 1 || slots == k.H) return;
+  if (k.H == q.H) fail(where, name, " has ", slots, " head slots but the input has H = ", q.H, ": give 1 (shared) or H");
+  fail(where, name, " has ", slots, " head slots but k and v have H_kv = ", k.H, " heads (q: H = ", q.H,
+       "): give 1 (shared) or H_kv, one per kv head, shared by its query heads");
 }
 
 /// The learned-bias API of every AFT variant. Derived provides

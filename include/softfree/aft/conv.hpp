@@ -61,12 +61,12 @@ class AftConv : public Attention<AftConv<T>, T>, public detail::AftBias<AftConv<
     this->set_bias(kernel);
   }
 
-  void check_options(const Shape4& s, const Shape4&) const {
+  void check_options(const Shape4& s, const Shape4& sk) const {
     if (rows == 0 && cols == 0 && !this->bias_) return;  // w = 0: AftSimple, any N
     const detail::AftGrid g = grid(s.N);
     if (!this->bias_) return;
     const auto& w = this->bias_->table();
-    detail::aft_check_heads(kName, "kernel", w.slots, s.H);
+    detail::aft_check_heads(kName, "kernel", w.slots, s, sk);
     if (w.rows > 2 * g.rows - 1 || w.cols > 2 * g.cols - 1)
       detail::fail(kName, "kernel has shape [", w.slots, ", ", w.rows, ", ", w.cols, "], oversized for the ", g.rows,
                    " x ", g.cols, " grid: kh must be <= 2 rows - 1 and kw <= 2 cols - 1");
@@ -101,7 +101,7 @@ class AftConv : public Attention<AftConv<T>, T>, public detail::AftBias<AftConv<
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
-/// One thread's AftConv workspace, per (b, h) head: X, its per-grid-row prefix and suffix sums
+/// One thread's AftConv workspace, per (b, kv head): X, its per-grid-row prefix and suffix sums
 /// and the sums over grid rows before and after each row (all sums of terms, no differences), then
 /// per token the weighted sum of the few rows that make its window and its outside.
 template <class T>
@@ -116,30 +116,33 @@ class AftConvHead {
         m_(static_cast<size_t>(pad_to_packets<Acc>(d))), ek_(static_cast<size_t>(kh * kw)),
         rows_(static_cast<size_t>(kh * kw + 2 * kh + 2)), wts_(rows_.size()) {}
 
-  void run(const AftTable<Acc>& w, Index h, const HeadSlices<T>& x) {
+  /// Kv head h's group: the sums and windows once, finished for each of its query heads.
+  void run(const AftTable<Acc>& w, Index h, const GroupSlices<T>& x) {
     const Index n = g_.rows * g_.cols, d = d_, slot = w.slot_for(h), kh = w.rows, kw = w.cols;
     const ConstMatrixMap<Acc> ker = w.slot(slot);
     // Weights e^{w - r} inside the window and e^{-r} outside, r = max(0, max w): all <= 1.
     const Acc r = std::max(Acc(0), *std::max_element(ker.data(), ker.data() + kh * kw));
     const Acc out_w = std::exp(-r);
     for (Index i = 0; i < kh * kw; ++i) ek_[static_cast<size_t>(i)] = std::exp(ker.data()[i] - r);
-    const Acc *kk = load_k_(x.k, n, d).data(), *vv = load_v_(x.v, n, d).data(), *qq = load_q_(x.q, n, d).data();
+    const Acc *kk = load_k_(x.k, n, d).data(), *vv = load_v_(x.v, n, d).data();
+    io_.load(x.q, x.heads, x.stride, n, d);
     aft_col_max(kk, n, d, m_.data());
     aft_exp_rows(kk, vv, d, m_.data(), 0, n, ldx_, x_.data());
     sums();
-    Acc* y = out_.begin(x.out, n, d);
+    io_.begin(x.out, 0, n);
     for (Index gy = 0; gy < g_.rows; ++gy)
       for (Index gx = 0; gx < g_.cols; ++gx) {
         window(gy, gx, kh, kw, out_w);
         const Index t = gy * g_.cols + gx, ch = kh / 2, cw = kw / 2;
-        aft_finish(qq + t * d, d, acc_.data(), ldx_, 1, y + t * d, [&](Index, Index c) {
-          return aft_exact_ratio(kk, vv, d, c, n - 1, [&](Index tp) {
-            const Index i = tp / g_.cols - gy + ch, j = tp % g_.cols - gx + cw;
-            return i >= 0 && i < kh && j >= 0 && j < kw ? ker(i, j) : Acc(0);
+        for (Index i = 0; i < x.heads; ++i)
+          aft_finish(io_.q(i) + t * d, d, acc_.data(), ldx_, 1, io_.y(i) + t * d, [&](Index, Index c) {
+            return aft_exact_ratio(kk, vv, d, c, n - 1, [&](Index tp) {
+              const Index a = tp / g_.cols - gy + ch, b = tp % g_.cols - gx + cw;
+              return a >= 0 && a < kh && b >= 0 && b < kw ? ker(a, b) : Acc(0);
+            });
           });
-        });
       }
-    out_.commit();
+    io_.commit();
   }
 
  private:
@@ -188,8 +191,8 @@ class AftConvHead {
   AlignedBuffer<Acc> x_, pre_, suf_, before_, after_, acc_, m_, ek_;
   std::vector<const Acc*> rows_;
   std::vector<Acc> wts_;
-  TileLoader<T> load_q_, load_k_, load_v_;
-  OutputTile<T> out_;
+  TileLoader<T> load_k_, load_v_;
+  GroupIO<T> io_;
 };
 
 template <class T>
@@ -200,9 +203,10 @@ struct Kernel<AftConv<T>> {
     if (!w) return aft_simple_forward(false, f.parallel, q, k, v, out);
     const Shape4 s = shape_of(q);
     const AftGrid g = f.grid(s.N);
-    for_each_item(f.parallel, WorkGrid{s.B, s.H, s.N}, [&] {  // one item = one (b, h)
+    // One item = one (b, kv head) with its query heads (one (b, h) without grouped-query heads).
+    for_each_item(f.parallel, WorkGrid{s.B, shape_of(k).H, s.N}, [&] {
       return [&, ws = AftConvHead<T>(g, s.D, w->table().rows, w->table().cols)](const WorkGrid::Item& it) mutable {
-        ws.run(w->table(), it.h, head_slices(q, k, v, out, it.b, it.h));
+        ws.run(w->table(), it.h, group_slices(q, k, v, out, it.b, it.h));
       };
     });
     return {};

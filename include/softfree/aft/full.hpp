@@ -126,13 +126,13 @@ class AftFull : public Attention<AftFull<T>, T>,
               "AftFull::State", f.bias_, f.bias_ ? f.bias_->table().rows : 1, d, head) {}
   };
 
-  void check_options(const Shape4& s, const Shape4&) const {
+  void check_options(const Shape4& s, const Shape4& sk) const {
     if (!this->bias_) return;
     const auto& w = this->bias_->table();
     if (w.rows != s.N)
       detail::fail(kName, "w has shape [", w.slots, ", ", w.rows, ", ", w.cols, "] but q has shape ", s,
                    ": the bias must be N x N with N = ", s.N);
-    detail::aft_check_heads(kName, "w", w.slots, s.H);
+    detail::aft_check_heads(kName, "w", w.slots, s, sk);
   }
 
  private:
@@ -175,7 +175,8 @@ class AftFullRows {
         m_(static_cast<size_t>(heads * dp_)), m_src_(static_cast<size_t>(heads), nullptr),
         m_rows_(static_cast<size_t>(heads), 0) {}
 
-  /// Query rows [it.r0, it.r0 + it.rows) of heads it.h .. it.h + it.heads - 1 (one bias slot).
+  /// Query rows [it.r0, it.r0 + it.rows) of kv heads it.h .. it.h + it.heads - 1 (one bias slot),
+  /// finished for each query head that reads them.
   void run(const AftFull<T>& f, const AftFullBias<Acc>& bias, const ConstView4<T>& q, const ConstView4<T>& k,
            const ConstView4<T>& v, const WorkGrid::Item& it, const View4<T>& out) {
     const Index n = q.dimension(2), i0 = it.r0, slot = bias.table().slot_for(it.h);
@@ -192,7 +193,10 @@ class AftFullRows {
       for (Index i = 0; i < it.heads; ++i)
         accumulate(f.causal, packed, n, j0, std::min(kKC, kend - j0), head(k, it.b, it.h + i).data() + j0 * d_,
                    head(v, it.b, it.h + i).data() + j0 * d_, i, it);
-    for (Index i = 0; i < it.heads; ++i) finish(f.causal, bias.table(), slot, q, k, v, it, i, out);
+    const Index per_kv = q.dimension(1) / k.dimension(1);  // query heads per kv head
+    for (Index i = 0; i < it.heads; ++i)
+      for (Index h = (it.h + i) * per_kv; h < (it.h + i + 1) * per_kv; ++h)
+        finish(f.causal, bias.table(), slot, q, k, v, it, i, h, out);
   }
 
  private:
@@ -275,11 +279,12 @@ class AftFullRows {
     }
   }
 
-  // Head i's output rows: sigma(q) num / den, with the exact ratio where den underflowed.
+  // Query head h's output rows from kv head i's sums: sigma(q) num / den, with the exact ratio
+  // where den underflowed.
   void finish(bool causal, const AftTable<Acc>& w, Index slot, const ConstView4<T>& q, const ConstView4<T>& k,
-              const ConstView4<T>& v, const WorkGrid::Item& it, Index i, const View4<T>& out) {
-    const Index n = q.dimension(2), d = d_, h = it.h + i;
-    const T *kp = head(k, it.b, h).data(), *vp = head(v, it.b, h).data();
+              const ConstView4<T>& v, const WorkGrid::Item& it, Index i, Index h, const View4<T>& out) {
+    const Index n = q.dimension(2), d = d_;
+    const T *kp = head(k, it.b, it.h + i).data(), *vp = head(v, it.b, it.h + i).data();
     const Acc* qq = load_q_(head(q, it.b, h).data() + it.r0 * d, it.rows, d).data();
     Acc* y = out_.begin(head(out, it.b, h).data() + it.r0 * d, it.rows, d);
     aft_finish(qq, d, acc_.data() + i * kRows * ldx_, ldx_, it.rows, y, [&](Index r, Index c) {
@@ -312,15 +317,16 @@ struct Kernel<AftFull<T>> {
                             [&](auto pairs) { return run<AftFullRows<T, decltype(pairs)::value>>(f, *bias, q, k, v, out); });
   }
 
-  // One item = kRows query rows of every head that shares a bias slot (all H heads for a shared
-  // bias, else one head) of one batch: each key chunk of packed exp(w) is then read from memory
-  // once for all those heads. About N / 192 items per batch, so threads balance.
+  // One item = kRows query rows of every kv head that shares a bias slot (all H_kv for a shared
+  // bias, else one) of one batch, and of the query heads that read them: each key chunk of packed
+  // exp(w) is then read from memory once for all those heads, and each kv head's sums are formed
+  // once for its query heads. About N / 192 items per batch, so threads balance.
   template <class Rows>
   static NoReport run(const AftFull<T>& f, const AftFullBias<accum_t<T>>& bias, const ConstView4<T>& q,
                       const ConstView4<T>& k, const ConstView4<T>& v, const View4<T>& out) {
     const Shape4 s = shape_of(q);
-    const Index group = bias.table().slots == 1 ? s.H : 1;
-    for_each_item(f.parallel, WorkGrid{s.B, s.H, s.N, Rows::kRows, group}, [&] {
+    const Index kv_heads = shape_of(k).H, group = bias.table().slots == 1 ? kv_heads : 1;
+    for_each_item(f.parallel, WorkGrid{s.B, kv_heads, s.N, Rows::kRows, group}, [&] {
       return [&, ws = Rows(s.D, group)](const WorkGrid::Item& it) mutable { ws.run(f, bias, q, k, v, it, out); };
     });
     return {};

@@ -111,7 +111,7 @@ class AftLocal : public Attention<AftLocal<T>, T>, public detail::AftBias<AftLoc
     return *this;
   }
 
-  void check_options(const Shape4& s, const Shape4&) const {
+  void check_options(const Shape4& s, const Shape4& sk) const {
     check_window();
     if (!this->bias_) return;
     const auto& b = this->bias_->table();
@@ -121,7 +121,7 @@ class AftLocal : public Attention<AftLocal<T>, T>, public detail::AftBias<AftLoc
     if (b.rows != s.N)
       detail::fail(kName, "w (band [", b.slots, ", ", b.rows, ", ", b.cols, "]) is for N = ", b.rows,
                    " but q has shape ", s, ": the bias must be N x N with N = ", s.N);
-    detail::aft_check_heads(kName, "w", b.slots, s.H);
+    detail::aft_check_heads(kName, "w", b.slots, s, sk);
   }
 
  private:
@@ -151,7 +151,7 @@ class AftLocal : public Attention<AftLocal<T>, T>, public detail::AftBias<AftLoc
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
-/// One thread's AftLocal workspace, per (b, h) head. Row t: acc = e^{-r} * outside + sum over the
+/// One thread's AftLocal workspace, per (b, kv head). Row t: acc = e^{-r} * outside + sum over the
 /// window of e^{w - r} X[t'] (the band's weights; all 1 without a bias). The windows of kRows
 /// consecutive rows are one product: their weights as a kRows x (keys they see) band against
 /// those keys' rows of X, so each X row loaded feeds kRows rows (one row at a time fed one).
@@ -171,23 +171,24 @@ class AftLocalHead {
         m_(static_cast<size_t>(pad_to_packets<Acc>(d))), m_new_(m_.size()),
         a_(static_cast<size_t>(kRows * (kRows + 2 * s))) {}
 
-  void run(bool causal, const AftLocalBand<Acc>* band, Index h, const HeadSlices<T>& x) {
+  /// Kv head h's group: the windowed sums once, finished for each of its query heads.
+  void run(bool causal, const AftLocalBand<Acc>* band, Index h, const GroupSlices<T>& x) {
     const Index n = n_, d = d_;
     kk_ = load_k_(x.k, n, d).data();
     vv_ = load_v_(x.v, n, d).data();
-    qq_ = load_q_(x.q, n, d).data();
+    io_.load(x.q, x.heads, x.stride, n, d);
     band_ = band;
     causal_ = causal;
     if (band_) {
       slot_ = band_->table().slot_for(h);
       band_->weights(causal_, &ew_, &eo_);
     }
-    y_ = out_.begin(x.out, n, d);
+    io_.begin(x.out, 0, n);
     if (causal_)
       causal_rows();
     else
       all_rows();
-    out_.commit();
+    io_.commit();
   }
 
  private:
@@ -276,25 +277,25 @@ class AftLocalHead {
     }
     gemm<GeneralTiling>(rows, ldx_, depth, StridedA<Acc>{a_.data(), depth, 1}, RowsB<Acc>{x_.data() + lo * ldx_, ldx_},
                         AddC<Acc>{acc_.data(), ldx_});
-    aft_finish(qq_ + t0 * d, d, acc_.data(), ldx_, rows, y_ + t0 * d, [&](Index r, Index c) {
-      const Index t = t0 + r;
-      return aft_exact_ratio(kk_, vv_, d, c, causal_ ? t : n - 1, [&](Index tp) {
-        const Index dist = tp > t ? tp - t : t - tp;
-        return band_ && dist < s ? band_->w(slot_, t, tp) : Acc(0);
+    for (Index i = 0; i < io_.heads(); ++i)
+      aft_finish(io_.q(i) + t0 * d, d, acc_.data(), ldx_, rows, io_.y(i) + t0 * d, [&](Index r, Index c) {
+        const Index t = t0 + r;
+        return aft_exact_ratio(kk_, vv_, d, c, causal_ ? t : n - 1, [&](Index tp) {
+          const Index dist = tp > t ? tp - t : t - tp;
+          return band_ && dist < s ? band_->w(slot_, t, tp) : Acc(0);
+        });
       });
-    });
   }
 
   Index n_, d_, s_, ldx_;
   AlignedBuffer<Acc> x_, outside_, run_, acc_, m_, m_new_, a_;
-  TileLoader<T> load_q_, load_k_, load_v_;
-  OutputTile<T> out_;
+  TileLoader<T> load_k_, load_v_;
+  GroupIO<T> io_;
   // The head in progress.
-  const Acc *kk_ = nullptr, *vv_ = nullptr, *qq_ = nullptr, *ew_ = nullptr, *eo_ = nullptr;
+  const Acc *kk_ = nullptr, *vv_ = nullptr, *ew_ = nullptr, *eo_ = nullptr;
   const AftLocalBand<Acc>* band_ = nullptr;
   Index slot_ = 0;
   bool causal_ = false;
-  Acc* y_ = nullptr;
 };
 
 template <class T>
@@ -305,9 +306,10 @@ struct Kernel<AftLocal<T>> {
     const AftLocalBand<accum_t<T>>* band = f.bias_.get();
     // The band's own s (a bias clamps it to N), else min(window, N): the same result for any s >= N.
     const Index window = band ? band->window() : std::min(f.window, s.N);
-    for_each_item(f.parallel, WorkGrid{s.B, s.H, s.N}, [&] {  // one item = one (b, h)
+    // One item = one (b, kv head) with its query heads (one (b, h) without grouped-query heads).
+    for_each_item(f.parallel, WorkGrid{s.B, shape_of(k).H, s.N}, [&] {
       return [&, ws = AftLocalHead<T>(s.N, s.D, window)](const WorkGrid::Item& it) mutable {
-        ws.run(f.causal, band, it.h, head_slices(q, k, v, out, it.b, it.h));
+        ws.run(f.causal, band, it.h, group_slices(q, k, v, out, it.b, it.h));
       };
     });
     return {};

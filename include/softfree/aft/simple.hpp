@@ -156,24 +156,27 @@ class AftSimpleHead {
       : d_(d), ld_(pad_to_packets<Acc>(d)), run_(d), tile_(static_cast<size_t>(2 * kTile * ld_)),
         m_(static_cast<size_t>(ld_)), num_(m_.size()), den_(m_.size()) {}
 
-  void causal(const T* qp, const T* kp, const T* vp, Index n, T* op) {
+  // The running sums take each key once, and every query head of the group reads them.
+  void causal(const GroupSlices<T>& x, Index n) {
     const Index d = d_;
-    const Acc *kk = load_k_(kp, n, d).data(), *vv = load_v_(vp, n, d).data(), *qq = load_q_(qp, n, d).data();
+    const Acc *kk = load_k_(x.k, n, d).data(), *vv = load_v_(x.v, n, d).data();
+    io_.load(x.q, x.heads, x.stride, n, d);
     run_.reset();
     for (Index t0 = 0; t0 < n; t0 += kTile) {
       const Index rows = std::min(kTile, n - t0);
-      Acc* y = out_.begin(op + t0 * d, rows, d);
+      io_.begin(x.out, t0, rows);
       for (Index t = t0; t < t0 + rows; ++t) {
         run_.push(kk + t * d, vv + t * d);
-        run_.emit(qq + t * d, y + (t - t0) * d);
+        for (Index i = 0; i < x.heads; ++i) run_.emit(io_.q(i) + t * d, io_.y(i) + (t - t0) * d);
       }
-      out_.commit();
+      io_.commit();
     }
   }
 
-  void full(const T* qp, const T* kp, const T* vp, Index n, T* op) {
-    sums(kp, vp, n);
-    output(qp, n, op);
+  void full(const GroupSlices<T>& x, Index n) {
+    sums(x.k, x.v, n);
+    ratio();
+    for (Index i = 0; i < x.heads; ++i) output(x.q + i * x.stride, n, x.out + i * x.stride);
   }
 
  private:
@@ -250,14 +253,18 @@ class AftSimpleHead {
     }
   }
 
-  // Y[t] = sigma(Q[t]) * num / den (den >= 1: the max key contributes e^0). Direct reads and
-  // writes when D is whole packets, as in sums.
-  void output(const T* qp, Index n, T* op) {
+  // num = num / den in place (den >= 1: the max key contributes e^0).
+  void ratio() {
     using P = Packet<Acc>;
+    for (Index c = 0; c < ld_; c += kLanes<Acc>)
+      ei::pstore(num_.data() + c, ei::pdiv(ei::pload<P>(num_.data() + c), ei::pload<P>(den_.data() + c)));
+  }
+
+  // Y[t] = sigma(Q[t]) * ratio (num after ratio()). Direct reads and writes when D is whole
+  // packets, as in sums.
+  void output(const T* qp, Index n, T* op) {
     const Index d = d_, ld = ld_;
-    Acc* const ratio = num_.data();
-    for (Index c = 0; c < ld; c += kLanes<Acc>)
-      ei::pstore(ratio + c, ei::pdiv(ei::pload<P>(ratio + c), ei::pload<P>(den_.data() + c)));
+    const Acc* const ratio = num_.data();
     if (ld == d) {
       const bool stream =
           n * d * static_cast<Index>(sizeof(T)) >= kStreamBytes && reinterpret_cast<std::uintptr_t>(op) % 64 == 0;
@@ -291,8 +298,9 @@ class AftSimpleHead {
   Index d_, ld_;
   AftRunning<Acc> run_;
   AlignedBuffer<Acc> tile_, m_, num_, den_;  // k, v (or q) tiles padded to ld; per-channel max and sums
-  TileLoader<T> load_q_, load_k_, load_v_;
-  OutputTile<T> out_;
+  TileLoader<T> load_k_, load_v_;
+  GroupIO<T> io_;     // causal: every query head of the group
+  OutputTile<T> out_;  // full, D not whole packets
 };
 
 template <class T>
@@ -300,13 +308,14 @@ struct Kernel<AftSimple<T>> {
   static NoReport forward(const AftSimple<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
                           const ConstView4<T>& v, const View4<T>& out) {
     const Shape4 s = shape_of(q);
-    for_each_item(f.parallel, WorkGrid{s.B, s.H, s.N}, [&] {  // one item = one (b, h)
+    // One item = one (b, kv head) with its query heads (one (b, h) without grouped-query heads).
+    for_each_item(f.parallel, WorkGrid{s.B, shape_of(k).H, s.N}, [&] {
       return [&, ws = AftSimpleHead<T>(s.D)](const WorkGrid::Item& it) mutable {
-        const HeadSlices<T> x = head_slices(q, k, v, out, it.b, it.h);
+        const GroupSlices<T> x = group_slices(q, k, v, out, it.b, it.h);
         if (f.causal)
-          ws.causal(x.q, x.k, x.v, s.N, x.out);
+          ws.causal(x, s.N);
         else
-          ws.full(x.q, x.k, x.v, s.N, x.out);
+          ws.full(x, s.N);
       };
     });
     return {};

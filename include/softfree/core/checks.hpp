@@ -25,8 +25,9 @@ inline void check_addressable(const char* where, const char* name, const Shape4&
 
 /// Checks q, k, v of an attention `where` and returns the output shape [B, H, Nq, D].
 /// Every dimension must be positive (an empty tensor is an error, not an empty result: an
-/// attention over zero keys or zero channels has no meaning). B, H and D agree across q, k, v;
-/// k and v have the same N; q's N may differ (cross-attention) only when allow_cross.
+/// attention over zero keys or zero channels has no meaning). B and D agree across q, k, v; k and
+/// v have the same heads H_kv, which divide q's H (grouped-query heads; H_kv = H is plain
+/// multi-head), and the same N; q's N may differ (cross-attention) only when allow_cross.
 template <class Q, class K, class V>
 Shape4 check_qkv(const char* where, const Q& q, const K& k, const V& v, bool allow_cross) {
   const Shape4 sq = shape_of(q), sk = shape_of(k), sv = shape_of(v);
@@ -40,12 +41,16 @@ Shape4 check_qkv(const char* where, const Q& q, const K& k, const V& v, bool all
   }
   for (int i = 1; i < 3; ++i) {
     const Shape4& s = shapes[i];
-    if (s.B != sq.B || s.H != sq.H)
-      fail(where, names[i], " has shape ", s, " but q has shape ", sq,
-           ": batch (B) and heads (H) must match");
+    if (s.B != sq.B)
+      fail(where, names[i], " has shape ", s, " but q has shape ", sq, ": batch (B) must match");
     if (s.D != sq.D)
       fail(where, names[i], " has shape ", s, " but q has shape ", sq, ": head dim (D) must match");
   }
+  if (sk.H != sv.H)
+    fail(where, "v has shape ", sv, " but k has shape ", sk, ": k and v must have the same heads (H)");
+  if (sq.H % sk.H != 0)  // grouped-query heads: each k/v head serves H / H_kv query heads
+    fail(where, "k and v have shape ", sk, " but q has shape ", sq, ": their heads (H_kv = ", sk.H,
+         ") must divide q's (H = ", sq.H, "), as for grouped-query heads");
   if (sk.N != sv.N)
     fail(where, "v has shape ", sv, " but k has shape ", sk, ": k and v must have the same tokens (N)");
   if (!allow_cross && sq.N != sk.N)

@@ -3,6 +3,7 @@
 // count), each computed by one thread start to finish, so results are bitwise identical for any
 // number of threads. An item is a block of rows of one (b, h) head, or of a group of heads that
 // share something worth reading once (AftFull's bias).
+#include "kernels/packet.hpp"
 #include "parallel.hpp"
 
 namespace softfree {
@@ -29,9 +30,36 @@ struct WorkGrid {
     const Index b = bg / groups, h = (bg % groups) * group;
     return Item{b, h, group, r0, std::min(row_block(), n - r0), b * H + h};
   }
+  /// The i with (*this)[i] == it: where an item's partial result goes (Partials).
+  Index index(const Item& it) const {
+    return (it.b * (H / group) + it.h / group) * blocks() + it.r0 / row_block();
+  }
 };
 
-/// The slices of q, k, v and out for head h of batch b: row-major N x D blocks.
+/// Token-split work: the tokens of one head cut in chunks of kTokenChunk (WorkGrid{B, H, N,
+/// kTokenChunk}), a size fixed here, never by the thread count, so partial results reduced in
+/// chunk order, and prefix sums run as chunk totals then a scan, are bitwise identical for any
+/// number of threads. 1024 rows: a few hundred microseconds of O(N D^2) work at D = 64, enough to
+/// pay for a phase's start, and 16 items per head at N = 16384.
+constexpr Index kTokenChunk = 1024;
+
+/// Partial results of a phase, one slot of `size` values per item of its grid (slot
+/// grid.index(item)), read back in slot order.
+template <class Acc>
+class Partials {
+ public:
+  Partials(Index slots, Index size) : size_(size), buf_(static_cast<size_t>(slots * size), Acc(0)) {}
+  Acc* operator[](Index slot) { return buf_.data() + slot * size_; }
+  const Acc* operator[](Index slot) const { return buf_.data() + slot * size_; }
+  Index size() const { return size_; }
+
+ private:
+  Index size_;
+  AlignedBuffer<Acc> buf_;
+};
+
+/// The slices of q, k, v and out for query head h of batch b (k and v: the kv head it reads):
+/// row-major N x D blocks.
 template <class T>
 struct HeadSlices {
   const T *q, *k, *v;
@@ -40,7 +68,26 @@ struct HeadSlices {
 template <class T>
 HeadSlices<T> head_slices(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v, const View4<T>& out,
                           Index b, Index h) {
-  return {head(q, b, h).data(), head(k, b, h).data(), head(v, b, h).data(), head(out, b, h).data()};
+  const Index H = shape_of(q).H;
+  return {head(q, b, h).data(), kv_head(k, b, h, H).data(), kv_head(v, b, h, H).data(), head(out, b, h).data()};
+}
+
+/// What the query heads of one kv head (a grouped-query group) read and write: that kv head's k
+/// and v, and the q and out rows of its H / H_kv query heads, query head i of the group at
+/// q + i * stride and out + i * stride. Work on k and v alone is done once for all of them.
+template <class T>
+struct GroupSlices {
+  const T *q, *k, *v;
+  T* out;
+  Index heads, stride;
+};
+template <class T>
+GroupSlices<T> group_slices(const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
+                            const View4<T>& out, Index b, Index kv_h) {
+  const Shape4 sq = shape_of(q);
+  const Index heads = sq.H / shape_of(k).H;
+  return {head(q, b, kv_h * heads).data(), head(k, b, kv_h).data(), head(v, b, kv_h).data(),
+          head(out, b, kv_h * heads).data(), heads, sq.N * sq.D};
 }
 
 /// Runs every item of grid; make_worker() is called once per participating thread and returns

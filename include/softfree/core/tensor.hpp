@@ -76,6 +76,16 @@ MatrixMap<T> head(const View4<T>& t, Index b, Index h) {
   return MatrixMap<T>(t.data() + (b * s.H + h) * s.N * s.D, s.N, s.D);
 }
 
+/// Grouped-query heads: the key/value head that query head h of H reads in k or v with
+/// `kv_heads` heads (which divides H): h / (H / kv_heads). H / kv_heads query heads share each.
+inline Index kv_head_of(Index h, Index H, Index kv_heads) { return h / (H / kv_heads); }
+
+/// The slice of k or v that query head h (of H) reads: head(kv, b, kv_head_of(h, H, its heads)).
+template <class T>
+ConstMatrixMap<T> kv_head(const ConstView4<T>& kv, Index b, Index h, Index H) {
+  return head(kv, b, kv_head_of(h, H, shape_of(kv).H));
+}
+
 namespace detail {
 
 /// An Eigen::Tensor or TensorMap (as opposed to an unevaluated tensor expression).

@@ -53,8 +53,8 @@ struct Landmarks {
     l.r = r;
     return l;
   }
-  /// The caller's landmarks for q and for k, each [B, H, m, D] (Tensor4 or TensorMap of any
-  /// storage type). They are copied here: the caller's tensors need not outlive this call.
+  /// The caller's landmarks for q, [B, H, m, D], and for k, [B, H_kv, m, D] (H_kv: k's heads,
+  /// H without grouped-query heads), as Tensor4 or TensorMap of any storage type. They are copied here: the caller's tensors need not outlive this call.
   template <class QL, class KL>
   static Landmarks given(const QL& q_landmarks, const KL& k_landmarks) {
     Landmarks l;

@@ -75,9 +75,9 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
         if (gq.B != s.B || gq.H != s.H || gq.D != s.D || gq.N < 1)
           detail::fail(kName, "landmarks = given: q_landmarks has shape ", gq, " but q has shape ", s,
                        ": must be [B, H, m, D] with m >= 1");
-        if (gk != gq)
+        if (gk != Shape4{gq.B, sk.H, gq.N, gq.D})
           detail::fail(kName, "landmarks = given: k_landmarks has shape ", gk, " but q_landmarks has shape ", gq,
-                       ": must be equal");
+                       " and k has shape ", sk, ": must be [B, H_kv, m, D] (H_kv: k's heads)");
         break;
       }
     }
@@ -286,59 +286,68 @@ void nystrom_tied(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstVi
   });
 }
 
-// The untied case's buffers shared by its two passes: per head, Kt's prepared set and Y.
+// The untied case's buffers shared by its two passes: per kv head Kt's prepared set, per query
+// head Y.
 template <class Head>
 struct NystromShared {
   using Acc = typename Head::Acc;
   Index set_size, word_size, y_size;
-  AlignedBuffer<Acc> values, y;
+  AlignedBuffer<Acc> values, ys;
   AlignedBuffer<PairWord> words;
-  NystromShared(Index heads, Index m, Index d)
+  NystromShared(Index kv_heads, Index heads, Index m, Index d)
       : set_size(Head::Weights::set_size(m, d)), word_size(Head::Weights::word_size(m, d)),
-        y_size(m * Head::ld_out(d)), values(static_cast<size_t>(heads * set_size)),
-        y(static_cast<size_t>(heads * y_size)), words(static_cast<size_t>(heads * word_size)) {}
-  LandmarkSet<Acc> set(Index bh) { return {values.data() + bh * set_size, words.data() + bh * word_size}; }
+        y_size(m * Head::ld_out(d)), values(static_cast<size_t>(kv_heads * set_size)),
+        ys(static_cast<size_t>(heads * y_size)), words(static_cast<size_t>(kv_heads * word_size)) {}
+  /// Kt's set of kv head b * H_kv + h.
+  LandmarkSet<Acc> set(Index bkv) { return {values.data() + bkv * set_size, words.data() + bkv * word_size}; }
+  /// Y of query head b * H + h.
+  Acc* y(Index bh) { return ys.data() + bh * y_size; }
 };
 
-// Untied pass 1, one item per (b, h): landmarks, R V one key tile at a time (the weight tile,
-// keys x landmarks, is R^T's rows), A = k(Qt, Kt), its pseudo-inverse, Y; leaves Kt's prepared set
-// and Y for pass 2.
+// Untied pass 1, one item per (b, kv head) and its query heads: Kt once, then per query head its
+// landmarks, R V one key tile at a time (the weight tile, keys x landmarks, is R^T's rows),
+// A = k(Qt, Kt), its pseudo-inverse, Y; leaves Kt's prepared set and each Y for pass 2.
 template <class Head, class T>
 void nystrom_keys(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
                   NystromShared<Head>& shared, std::vector<NewtonStats>& stats) {
   using Acc = accum_t<T>;
   const Shape4 sq = shape_of(q);
   const Index nk = shape_of(k).N, d = sq.D, m = f.landmark_count(), tile = Head::kTile;
+  const Index per_kv = sq.H / shape_of(k).H;
   // Segment landmarks of K are summed from the key tiles R V loads anyway: K is read once.
   const bool k_segments = f.landmarks.kind == Landmarks::Kind::Segments;
-  for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N}, [&] {
+  for_each_item(f.parallel, WorkGrid{sq.B, shape_of(k).H, sq.N}, [&] {
     return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
       const T *kh = head(k, it.b, it.h).data(), *vh = head(v, it.b, it.h).data();
-      pool_landmarks(f.landmarks, head(q, it.b, it.h).data(), sq.N, d, it.bh, /*for_q=*/true, ws.load, ws.ql.data());
-      if (k_segments)
-        std::fill(ws.kl.begin(), ws.kl.end(), Acc(0));
-      else
-        pool_landmarks(f.landmarks, kh, nk, d, it.bh, /*for_q=*/false, ws.load, ws.kl.data());
-      ws.kernel.prepare(ws.ql.data(), ws.q_set());
-      std::fill(ws.rv.begin(), ws.rv.end(), Acc(0));
-      Index seg = 0;  // first segment not yet complete
-      for (Index j0 = 0; j0 < nk; j0 += tile) {
-        const Index nj = std::min(tile, nk - j0);
-        const Acc* kt = ws.load_k(kh + j0 * d, nj, d).data();
-        for (Index i = seg; k_segments && i < m && i * nk / m < j0 + nj; ++i) {
-          const Index lo = std::max(i * nk / m, j0), hi = std::min(((i + 1) * nk + m - 1) / m, j0 + nj);
-          add_row_sums(kt + (lo - j0) * d, hi - lo, d, ws.kl.data() + i * d);
-          if (hi < j0 + nj) seg = i + 1;
-        }
-        ws.add_rv(ws.kernel.weigh(ws.q_set(), kt, nj), nj, vh + j0 * d);
-      }
-      for (Index i = 0; k_segments && i < m; ++i) {
-        const Acc count = static_cast<Acc>(((i + 1) * nk + m - 1) / m - i * nk / m);
-        for (Index c = 0; c < d; ++c) ws.kl[static_cast<size_t>(i * d + c)] /= count;
-      }
       const LandmarkSet<Acc> k_set = shared.set(it.bh);
-      ws.kernel.prepare(ws.kl.data(), k_set);
-      stats[static_cast<size_t>(it.bh)] = ws.solve(f, k_set, /*tied=*/false, shared.y.data() + it.bh * shared.y_size);
+      for (Index i = 0; i < per_kv; ++i) {
+        const Index h = it.h * per_kv + i, bh = it.b * sq.H + h;
+        const bool first = i == 0, sum_k = first && k_segments;  // Kt: from the first query head's pass
+        pool_landmarks(f.landmarks, head(q, it.b, h).data(), sq.N, d, bh, /*for_q=*/true, ws.load, ws.ql.data());
+        if (sum_k)
+          std::fill(ws.kl.begin(), ws.kl.end(), Acc(0));
+        else if (first)
+          pool_landmarks(f.landmarks, kh, nk, d, it.bh, /*for_q=*/false, ws.load, ws.kl.data());
+        ws.kernel.prepare(ws.ql.data(), ws.q_set());
+        std::fill(ws.rv.begin(), ws.rv.end(), Acc(0));
+        Index seg = 0;  // first segment not yet complete
+        for (Index j0 = 0; j0 < nk; j0 += tile) {
+          const Index nj = std::min(tile, nk - j0);
+          const Acc* kt = ws.load_k(kh + j0 * d, nj, d).data();
+          for (Index s = seg; sum_k && s < m && s * nk / m < j0 + nj; ++s) {
+            const Index lo = std::max(s * nk / m, j0), hi = std::min(((s + 1) * nk + m - 1) / m, j0 + nj);
+            add_row_sums(kt + (lo - j0) * d, hi - lo, d, ws.kl.data() + s * d);
+            if (hi < j0 + nj) seg = s + 1;
+          }
+          ws.add_rv(ws.kernel.weigh(ws.q_set(), kt, nj), nj, vh + j0 * d);
+        }
+        for (Index s = 0; sum_k && s < m; ++s) {
+          const Acc count = static_cast<Acc>(((s + 1) * nk + m - 1) / m - s * nk / m);
+          for (Index c = 0; c < d; ++c) ws.kl[static_cast<size_t>(s * d + c)] /= count;
+        }
+        if (first) ws.kernel.prepare(ws.kl.data(), k_set);
+        stats[static_cast<size_t>(bh)] = ws.solve(f, k_set, /*tied=*/false, shared.y(bh));
+      }
     };
   });
 }
@@ -346,18 +355,19 @@ void nystrom_keys(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstVi
 // Untied pass 2, one item per kRowsPerItem query rows of one (b, h): per tile of query rows the
 // weight tile is P's rows (tile x m) and O = P Y is one product with packets along D.
 template <class Head, class T>
-void nystrom_queries(const SoftNystrom<T>& f, const ConstView4<T>& q, NystromShared<Head>& shared,
-                     const View4<T>& out) {
+void nystrom_queries(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
+                     NystromShared<Head>& shared, const View4<T>& out) {
   const Shape4 sq = shape_of(q);
-  const Index d = sq.D, m = f.landmark_count(), tile = Head::kTile;
+  const Index d = sq.D, m = f.landmark_count(), tile = Head::kTile, kv_heads = shape_of(k).H;
   for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N, 2 * tile}, [&] {
     return [&, ws = Head(m, d), o = OutputTile<T>(), bound = Index(-1)](const WorkGrid::Item& it) mutable {
-      if (it.bh != bound) ws.set_y(shared.y.data() + it.bh * shared.y_size), bound = it.bh;
+      if (it.bh != bound) ws.set_y(shared.y(it.bh)), bound = it.bh;
+      const LandmarkSet<accum_t<T>> k_set = shared.set(it.b * kv_heads + kv_head_of(it.h, sq.H, kv_heads));
       const T* qh = head(q, it.b, it.h).data();
       T* oh = head(out, it.b, it.h).data();
       for (Index i0 = it.r0; i0 < it.r0 + it.rows; i0 += tile) {
         const Index rows = std::min(tile, it.r0 + it.rows - i0);
-        const auto* p = ws.kernel.weigh(shared.set(it.bh), ws.load_k(qh + i0 * d, rows, d).data(), rows);
+        const auto* p = ws.kernel.weigh(k_set, ws.load_k(qh + i0 * d, rows, d).data(), rows);
         ws.out(p, ws.kernel.ld(), rows, oh + i0 * d, o);
       }
     };
@@ -387,9 +397,9 @@ struct Kernel<SoftNystrom<T>> {
       if (tied) {
         nystrom_tied<Head>(f, q, v, out, stats);
       } else {
-        NystromShared<Head> shared(sq.B * sq.H, f.landmark_count(), sq.D);
+        NystromShared<Head> shared(sq.B * shape_of(k).H, sq.B * sq.H, f.landmark_count(), sq.D);
         nystrom_keys<Head>(f, q, k, v, shared, stats);
-        nystrom_queries<Head>(f, q, shared, out);
+        nystrom_queries<Head>(f, q, k, shared, out);
       }
     });
     return diagnostics(f, stats);

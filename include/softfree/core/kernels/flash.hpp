@@ -316,9 +316,10 @@ void flash_run(const Parallel& par, const ConstView4<T>& q, const ConstView4<T>&
   const Index nk = shape_of(k).N, d = sq.D;
   for_each_item(par, WorkGrid{sq.B, sq.H, sq.N, Block::kBlockQ}, [&] {
     return [&, block = Block(), score = make_score(), tile = OutputTile<T>()](const WorkGrid::Item& it) mutable {
-      // Keys and values are converted (packed) once per head per thread and reused by every
-      // query block of that head: the block keeps the last head it bound.
-      block.bind(head(k, it.b, it.h).data(), head(v, it.b, it.h).data(), nk, d);
+      // Keys and values are converted (packed) once per kv head per thread and reused by every
+      // query block that reads them (every block of a head, and of the heads of a grouped-query
+      // group, which come one after another): the block keeps the last kv head it bound.
+      block.bind(kv_head(k, it.b, it.h, sq.H).data(), kv_head(v, it.b, it.h, sq.H).data(), nk, d);
       const Index key_end = prepare(score, it);
       block.run(score, head(q, it.b, it.h).data() + it.r0 * d, it.rows, key_end, tile,
                 head(out, it.b, it.h).data() + it.r0 * d);
