@@ -31,6 +31,12 @@ struct Shape {
 };
 inline const std::vector<Index> kTokens = {197, 1024, 4096, 16384};
 
+/// Shapes beside the suite's, in float and bfloat16 (rows <method>/<dtype>/threads:<t>/B:<b>/H:<h>/N:<n>):
+/// one head at the longest N, where a second thread can help only by splitting the tokens, and a
+/// DeiT-S batch (B = 8 images of 196 patches + the class token, H = 6), the shape the papers
+/// measured on.
+inline const std::vector<Shape> kExtraShapes = {{1, 1, 16384, 64}, {8, 6, 197, 64}};
+
 /// FLOPs of one call on a shape (the formula is stated beside each registration).
 using FlopCount = double (*)(const Shape&);
 
@@ -140,13 +146,18 @@ inline const char* variant_suffix(Variant v) {
   }
 }
 
+/// One family of m: storage T, `threads` threads, the variant; over the suite's N (B = 1, H = 6)
+/// or, with extra_shapes, over kExtraShapes (arguments B, H, N).
 template <class T, class Maker>
-void register_family(const Method& m, const Maker& make, int threads, Variant variant) {
+void register_family(const Method& m, const Maker& make, int threads, Variant variant, bool extra_shapes = false) {
   const std::string name = m.name + variant_suffix(variant) + softfree::precision<T>::name + "/threads:" +
                            std::to_string(threads);
-  auto* b = benchmark::RegisterBenchmark(name.c_str(), [m, make, threads, variant](benchmark::State& state) {
+  auto* b = benchmark::RegisterBenchmark(name.c_str(), [m, make, threads, variant, extra_shapes](benchmark::State& state) {
     Shape s;
-    s.N = state.range(0);
+    if (extra_shapes)
+      s.B = state.range(0), s.H = state.range(1), s.N = state.range(2);
+    else
+      s.N = state.range(0);
     auto f = make(Type<T>{}, s);
     f.parallel = parallel_for_threads(threads);
     if (variant == Variant::bf16_math) f.math = softfree::Math::bf16;
@@ -154,7 +165,14 @@ void register_family(const Method& m, const Maker& make, int threads, Variant va
     if (variant == Variant::bf16_forced) force.emplace(true);
     run_case<T>(state, f, s, m.flops(s), threads, variant == Variant::alloc, m.tied_qk);
   });
-  b->ArgName("N")->Unit(benchmark::kMillisecond)->UseRealTime()->Complexity(m.complexity);
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+  if (extra_shapes) {
+    b->ArgNames({"B", "H", "N"});
+    for (const Shape& s : kExtraShapes)
+      if (!m.applies || m.applies(s)) b->Args({s.B, s.H, s.N});
+    return;
+  }
+  b->ArgName("N")->Complexity(m.complexity);
   for (Index n : kTokens) {
     Shape s;
     s.N = n;
@@ -170,6 +188,8 @@ bool add_method(const Method& m, Maker make) {
                                            if (m.time_alloc && t == 1) register_family<float>(m, make, t, Variant::alloc);
                                            register_family<Eigen::half>(m, make, t, Variant::plain);
                                            register_family<Eigen::bfloat16>(m, make, t, Variant::plain);
+                                           register_family<float>(m, make, t, Variant::plain, /*extra_shapes=*/true);
+                                           register_family<Eigen::bfloat16>(m, make, t, Variant::plain, true);
                                            if (!m.bf16_products) return;
                                            register_family<float>(m, make, t, Variant::bf16_math);
                                            if (forced_pairs_differ())

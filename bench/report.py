@@ -72,9 +72,23 @@ def parse_name(name, need_n=True):
     if len(parts) < 2 or not parts[0] or parts[1] not in DTYPES:
         return None
     kv = dict(p.split(":", 1) for p in parts[2:] if ":" in p)
+    if "B" in kv or "H" in kv:  # a row of another shape than the suite's (parse_shape_name)
+        return None
     try:
         n = int(kv["N"]) if need_n else None
         return parts[0], parts[1], int(kv.get("threads", 1)), n
+    except (KeyError, ValueError):
+        return None
+
+
+def parse_shape_name(name):
+    """'method/dtype/threads:t/B:b/H:h/N:n' (the suite's other shapes) -> (method, dtype, t, (b, h, n)), or None."""
+    parts = name.split("/")
+    if len(parts) < 2 or not parts[0] or parts[1] not in DTYPES:
+        return None
+    kv = dict(p.split(":", 1) for p in parts[2:] if ":" in p)
+    try:
+        return parts[0], parts[1], int(kv.get("threads", 1)), (int(kv["B"]), int(kv["H"]), int(kv["N"]))
     except (KeyError, ValueError):
         return None
 
@@ -85,12 +99,18 @@ def seconds(b, field="real_time"):
 
 
 def load(paths):
-    """Read JSON files -> (rows, complexity, context).
+    """Read JSON files -> (rows, complexity, context) (load_all without the other shapes)."""
+    return load_all(paths)[:3]
+
+
+def load_all(paths):
+    """Read JSON files -> (rows, complexity, context, shaped).
 
     rows: {(method, dtype, threads, N): dict(t, gflops, peak, tok, reps, src, mem)} using the
     fastest 'iteration' row (falls back to the median/mean aggregate if only aggregates
     were reported); mem is the peak_bytes counter (None where the row has none).
     complexity: {(method, dtype, threads): {'BigO': row, 'RMS': row}}.
+    shaped: as rows, for the other shapes, keyed (method, dtype, threads, (B, H, N)).
     """
     groups, cplx, ctx = defaultdict(list), defaultdict(dict), {}
     for path in paths:
@@ -109,10 +129,10 @@ def load(paths):
                 if key:
                     cplx[key[:3]][agg] = b
             elif "real_time" in b:
-                key = parse_name(name)
+                key = parse_name(name) or parse_shape_name(name)
                 if key:
                     groups[key].append(b)
-    rows = {}
+    rows, shaped = {}, {}
     for key, bs in groups.items():
         its = [b for b in bs if b.get("run_type", "iteration") == "iteration"]
         pool = (its or [b for b in bs if b.get("aggregate_name") == "median"]
@@ -120,10 +140,11 @@ def load(paths):
         if pool:
             best = min(pool, key=seconds)
             mem = [b["peak_bytes"] for b in [best] + bs if b.get("peak_bytes") is not None]
-            rows[key] = dict(t=seconds(best), gflops=best.get("GFLOPS"), peak=best.get("peak_pct"),
-                             tok=best.get("tokens_per_s"), reps=len(its),
-                             src="best" if its else best["aggregate_name"], mem=mem[0] if mem else None)
-    return rows, dict(cplx), ctx
+            (shaped if isinstance(key[3], tuple) else rows)[key] = dict(
+                t=seconds(best), gflops=best.get("GFLOPS"), peak=best.get("peak_pct"),
+                tok=best.get("tokens_per_s"), reps=len(its),
+                src="best" if its else best["aggregate_name"], mem=mem[0] if mem else None)
+    return rows, dict(cplx), ctx, shaped
 
 
 # ------------------------------------------------------------- formatting
@@ -343,7 +364,22 @@ def backends_section(ctx):
                                           "selection rule does not pick them (bfloat16 storage)._", ""]
 
 
-def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False):
+def shapes_table(shaped):
+    """The other shapes: per method, dtype and shape, the time on 1 and 2 threads and their ratio."""
+    keys = sorted({k[:2] + (k[3],) for k in shaped}, key=lambda k: (k[2], method_key(k[0]), k[1]))
+    body = []
+    for m, d, shape in keys:
+        one, two = shaped.get((m, d, 1, shape)), shaped.get((m, d, 2, shape))
+        base = shaped.get((BASELINE, d, 1, shape))
+        body.append([m, d, "B={} H={} N={}".format(*shape), fmt_time(one["t"]) if one else "–",
+                     fmt_time(two["t"]) if two else "–",
+                     sig3(one["t"] / two["t"]) + "x" if one and two else "–",
+                     sig3(base["t"] / one["t"]) + "x" if one and base else "–"])
+    return md_table(["method", "dtype", "shape", "1 thread", "2 threads", "2 threads ÷ 1", "speed-up vs softmax (1 thread)"],
+                    "lllrrrr", body)
+
+
+def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False, shaped=None):
     """The whole markdown report."""
     out = ["# softfree attention benchmarks", ""]
     if ctx:
@@ -376,6 +412,10 @@ def markdown(rows, cplx, ctx, dtype="float", threads=1, threads_best=False):
     for d in DTYPES:
         if any(k[1] == d for k in rows):
             out += [f"## Results: {d}", "", results_table(rows, d), ""]
+    if shaped:
+        out += ["## Other shapes (D = 64)", "", shapes_table(shaped), "",
+                "_One head at N = 16384, where a second thread helps only by splitting the tokens, and a "
+                "DeiT-S batch. 2 threads ÷ 1 = one-thread time ÷ two-thread time._", ""]
     if cplx:
         out += ["## Complexity (fit of real time vs N)", "", complexity_table(cplx), ""]
     return "\n".join(out)
@@ -545,10 +585,10 @@ def main(argv=None):
     ap.add_argument("--threads-best", action="store_true",
                     help="plot and summary use the fastest thread count per method and N")
     a = ap.parse_args(argv)
-    rows, cplx, ctx = load(a.results)
+    rows, cplx, ctx, shaped = load_all(a.results)
     if not rows:
         sys.exit(f"report.py: no benchmark rows named {SCHEME} in {', '.join(a.results)}")
-    md = markdown(rows, cplx, ctx, a.dtype, a.threads, a.threads_best)
+    md = markdown(rows, cplx, ctx, a.dtype, a.threads, a.threads_best, shaped)
     print(md)
     if a.markdown:
         with open(a.markdown, "w", encoding="utf-8") as f:

@@ -69,6 +69,10 @@ def synthetic():
                           "big_o": "N^2" if method.startswith("softmax") else "N", "time_unit": "ns"},
                          {"name": run + "_RMS", "run_name": run, "run_type": "aggregate", "aggregate_name": "RMS",
                           "aggregate_unit": "percentage", "rms": 0.0123}]
+    # the other shapes (B:/H: in the name): one head at N = 16384 on 1 and 2 threads, softmax and sima
+    for method, secs in (("softmax", 0.2), ("sima", 0.004)):
+        for t in (1, 2):
+            rows.append(row(f"{method}/float/threads:{t}/B:1/H:1/N:16384", secs / (1.9 if t == 2 else 1), "ms"))
     rows.append(row("BM_unrelated/64", 1e-6))
     rows.append(row("sima/float/threads:1/N:8192", 0.0, error_occurred=True, error_message="oom"))
     return {"context": {"date": "2024-01-01T00:00:00", "host_name": "test", "num_cpus": 2,
@@ -112,6 +116,17 @@ class ReportTest(unittest.TestCase):
         self.assertAlmostEqual(self.rows[("sima", "float", 1, 197)]["t"], 2e-7 * 197)
         self.assertEqual(len(self.rows), 5 * 3 * 3)  # unrelated and error rows dropped
         self.assertEqual(self.cplx[("sima", "half", 1)]["BigO"]["big_o"], "N")
+
+    def test_other_shapes(self):
+        self.assertIsNone(report.parse_name("sima/float/threads:2/B:1/H:1/N:16384"))  # not a suite row
+        self.assertEqual(report.parse_shape_name("sima/float/threads:2/B:1/H:1/N:16384"),
+                         ("sima", "float", 2, (1, 1, 16384)))
+        shaped = report.load_all([self.json])[3]
+        self.assertEqual(len(shaped), 4)
+        _, _, md, _ = self.run_main()
+        self.assertIn("## Other shapes (D = 64)", md)
+        self.assertIn("| sima | float | B=1 H=1 N=16384 | 4.00 ms | 2.11 ms | 1.90x | 50.0x |", md)
+        self.assertNotIn("| sima | 1 | 16384 |", md)  # kept out of the suite's tables
 
     def test_formatting(self):
         self.assertEqual(report.fmt_time(19.2116e-6), "19.2 us")

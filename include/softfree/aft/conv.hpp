@@ -125,24 +125,24 @@ class AftConvHead {
     const Acc out_w = std::exp(-r);
     for (Index i = 0; i < kh * kw; ++i) ek_[static_cast<size_t>(i)] = std::exp(ker.data()[i] - r);
     const Acc *kk = load_k_(x.k, n, d).data(), *vv = load_v_(x.v, n, d).data();
-    io_.load(x.q, x.heads, x.stride, n, d);
+    io_.bind(x.q, x.out, x.heads, x.stride, d);
     aft_col_max(kk, n, d, m_.data());
     aft_exp_rows(kk, vv, d, m_.data(), 0, n, ldx_, x_.data());
     sums();
-    io_.begin(x.out, 0, n);
     for (Index gy = 0; gy < g_.rows; ++gy)
       for (Index gx = 0; gx < g_.cols; ++gx) {
         window(gy, gx, kh, kw, out_w);
         const Index t = gy * g_.cols + gx, ch = kh / 2, cw = kw / 2;
+        io_.rows(t, 1);
         for (Index i = 0; i < x.heads; ++i)
-          aft_finish(io_.q(i) + t * d, d, acc_.data(), ldx_, 1, io_.y(i) + t * d, [&](Index, Index c) {
+          aft_finish(io_.q(i), d, acc_.data(), ldx_, 1, io_.y(i), [&](Index, Index c) {
             return aft_exact_ratio(kk, vv, d, c, n - 1, [&](Index tp) {
               const Index a = tp / g_.cols - gy + ch, b = tp % g_.cols - gx + cw;
               return a >= 0 && a < kh && b >= 0 && b < kw ? ker(a, b) : Acc(0);
             });
           });
+        io_.commit();
       }
-    io_.commit();
   }
 
  private:

@@ -176,19 +176,17 @@ class AftLocalHead {
     const Index n = n_, d = d_;
     kk_ = load_k_(x.k, n, d).data();
     vv_ = load_v_(x.v, n, d).data();
-    io_.load(x.q, x.heads, x.stride, n, d);
+    io_.bind(x.q, x.out, x.heads, x.stride, d);
     band_ = band;
     causal_ = causal;
     if (band_) {
       slot_ = band_->table().slot_for(h);
       band_->weights(causal_, &ew_, &eo_);
     }
-    io_.begin(x.out, 0, n);
     if (causal_)
       causal_rows();
     else
       all_rows();
-    io_.commit();
   }
 
  private:
@@ -277,14 +275,16 @@ class AftLocalHead {
     }
     gemm<GeneralTiling>(rows, ldx_, depth, StridedA<Acc>{a_.data(), depth, 1}, RowsB<Acc>{x_.data() + lo * ldx_, ldx_},
                         AddC<Acc>{acc_.data(), ldx_});
+    io_.rows(t0, rows);
     for (Index i = 0; i < io_.heads(); ++i)
-      aft_finish(io_.q(i) + t0 * d, d, acc_.data(), ldx_, rows, io_.y(i) + t0 * d, [&](Index r, Index c) {
+      aft_finish(io_.q(i), d, acc_.data(), ldx_, rows, io_.y(i), [&](Index r, Index c) {
         const Index t = t0 + r;
         return aft_exact_ratio(kk_, vv_, d, c, causal_ ? t : n - 1, [&](Index tp) {
           const Index dist = tp > t ? tp - t : t - tp;
           return band_ && dist < s ? band_->w(slot_, t, tp) : Acc(0);
         });
       });
+    io_.commit();
   }
 
   Index n_, d_, s_, ldx_;

@@ -160,14 +160,14 @@ class AftSimpleHead {
   void causal(const GroupSlices<T>& x, Index n) {
     const Index d = d_;
     const Acc *kk = load_k_(x.k, n, d).data(), *vv = load_v_(x.v, n, d).data();
-    io_.load(x.q, x.heads, x.stride, n, d);
+    io_.bind(x.q, x.out, x.heads, x.stride, d);
     run_.reset();
     for (Index t0 = 0; t0 < n; t0 += kTile) {
       const Index rows = std::min(kTile, n - t0);
-      io_.begin(x.out, t0, rows);
+      io_.rows(t0, rows);
       for (Index t = t0; t < t0 + rows; ++t) {
         run_.push(kk + t * d, vv + t * d);
-        for (Index i = 0; i < x.heads; ++i) run_.emit(io_.q(i) + t * d, io_.y(i) + (t - t0) * d);
+        for (Index i = 0; i < x.heads; ++i) run_.emit(io_.q(i) + (t - t0) * d, io_.y(i) + (t - t0) * d);
       }
       io_.commit();
     }

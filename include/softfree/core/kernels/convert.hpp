@@ -153,45 +153,43 @@ class OutputTile {
   Index rows_ = 0, cols_ = 0, ld_ = 0;
 };
 
-/// The queries and output rows of every query head of a grouped-query group, open at once, for
-/// kernels that finish each row of all the group's heads from one shared result: head i's
-/// queries at q + i * stride and its output at out + i * stride (rows of d).
+/// The queries and output rows of every query head of a grouped-query group, for kernels that
+/// finish rows of all the group's heads from one shared result: head i's queries at q + i * stride
+/// and its output at out + i * stride (rows of d). Rows are opened a block at a time, so a thread
+/// holds one block per head (converted, for half and bfloat16), never whole heads.
 template <class T>
 class GroupIO {
   using Acc = accum_t<T>;
 
  public:
-  /// Loads rows [0, n) of every head's queries.
-  void load(const T* q, Index heads, Index stride, Index n, Index d) {
-    resize(heads);
-    heads_ = heads, stride_ = stride, d_ = d;
-    for (Index i = 0; i < heads; ++i) q_[static_cast<size_t>(i)] = load_[static_cast<size_t>(i)](q + i * stride, n, d).data();
+  void bind(const T* q, T* out, Index heads, Index stride, Index d) {
+    const auto n = static_cast<size_t>(heads);
+    if (load_.size() < n) load_.resize(n), tile_.resize(n), q_.resize(n), y_.resize(n);
+    q_src_ = q, out_ = out, heads_ = heads, stride_ = stride, d_ = d;
   }
-  /// Head i's queries (all n rows).
+  /// Opens rows [r0, r0 + rows) of every head: q(i) and y(i) then point at their row r0.
+  void rows(Index r0, Index rows) {
+    for (Index i = 0; i < heads_; ++i) {
+      const auto u = static_cast<size_t>(i);
+      q_[u] = load_[u](q_src_ + i * stride_ + r0 * d_, rows, d_).data();
+      y_[u] = tile_[u].begin(out_ + i * stride_ + r0 * d_, rows, d_);
+    }
+  }
   const Acc* q(Index i) const { return q_[static_cast<size_t>(i)]; }
-
-  /// Opens output rows [r0, r0 + rows) of every head.
-  void begin(T* out, Index r0, Index rows) {
-    for (Index i = 0; i < heads_; ++i)
-      y_[static_cast<size_t>(i)] = tile_[static_cast<size_t>(i)].begin(out + i * stride_ + r0 * d_, rows, d_);
-  }
-  /// Head i's open output rows.
   Acc* y(Index i) const { return y_[static_cast<size_t>(i)]; }
+  /// Stores the open rows of every head.
   void commit() const {
-    for (const OutputTile<T>& t : tile_) t.commit();
+    for (Index i = 0; i < heads_; ++i) tile_[static_cast<size_t>(i)].commit();
   }
   Index heads() const { return heads_; }
 
  private:
-  void resize(Index heads) {
-    const auto n = static_cast<size_t>(heads);
-    if (load_.size() < n) load_.resize(n);  // kept when fewer: their conversions stay cached
-    tile_.resize(n), q_.resize(n), y_.resize(n);
-  }
   std::vector<TileLoader<T>> load_;
   std::vector<OutputTile<T>> tile_;
   std::vector<const Acc*> q_;
   std::vector<Acc*> y_;
+  const T* q_src_ = nullptr;
+  T* out_ = nullptr;
   Index heads_ = 0, stride_ = 0, d_ = 0;
 };
 
