@@ -3,6 +3,8 @@
 // count), each computed by one thread start to finish, so results are bitwise identical for any
 // number of threads. An item is a block of rows of one (b, h) head, or of a group of heads that
 // share something worth reading once (AftFull's bias).
+#include <vector>
+
 #include "kernels/packet.hpp"
 #include "parallel.hpp"
 
@@ -90,10 +92,38 @@ GroupSlices<T> group_slices(const ConstView4<T>& q, const ConstView4<T>& k, cons
           head(out, b, kv_h * heads).data(), heads, sq.N * sq.D};
 }
 
-/// Runs every item of grid; make_worker() is called once per participating thread and returns
-/// a callable `worker(const WorkGrid::Item&)` that owns that thread's workspace.
+}  // namespace SOFTFREE_ISA
+
+/// While one is alive, the calls a thread makes record the item count of each parallel phase
+/// they run (for_each_item), in order: what docs/scaling.md states, checked by the tests.
+class ScheduleTrace {
+ public:
+  ScheduleTrace() : outer_(current()) { current() = this; }
+  ~ScheduleTrace() { current() = outer_; }
+  ScheduleTrace(const ScheduleTrace&) = delete;
+  ScheduleTrace& operator=(const ScheduleTrace&) = delete;
+  const std::vector<Index>& phases() const { return phases_; }
+
+  static void record(Index items) {
+    if (ScheduleTrace* t = current()) t->phases_.push_back(items);
+  }
+
+ private:
+  static ScheduleTrace*& current() {
+    thread_local ScheduleTrace* t = nullptr;
+    return t;
+  }
+  ScheduleTrace* outer_;
+  std::vector<Index> phases_;
+};
+
+inline namespace SOFTFREE_ISA {
+
+/// Runs every item of grid (one parallel phase); make_worker() is called once per participating
+/// thread and returns a callable `worker(const WorkGrid::Item&)` that owns that thread's workspace.
 template <class MakeWorker>
 void for_each_item(const Parallel& p, const WorkGrid& grid, MakeWorker&& make_worker) {
+  ScheduleTrace::record(grid.size());
   parallel_for(p, grid.size(), [&] {
     return [&grid, worker = make_worker()](Index i) mutable { worker(grid[i]); };
   });
