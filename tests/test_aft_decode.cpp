@@ -1,7 +1,11 @@
-// AftFull::State and AftLocal::State: decoding token by token gives the rows of the causal batch
-// call and of the double reference (bounds below); keys of magnitude 150 stay accurate; bad input
-// throws and leaves the state as it was.
+// AftSimple::State, AftFull::State and AftLocal::State: decoding token by token gives the rows of
+// the causal batch call and of the double reference (bounds below); keys of magnitude 150 stay
+// accurate; bad input throws and leaves the state as it was.
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "reference/aft_ref.hpp"
 #include "test_util.hpp"
@@ -11,6 +15,7 @@ namespace {
 using namespace softfree_test;
 using softfree::AftFull;
 using softfree::AftLocal;
+using softfree::AftSimple;
 using softfree::AftWeights;
 
 template <class T>
@@ -63,6 +68,106 @@ void expect_decodes_as_batch(F f, const Tensor4<T>& q, const Tensor4<T>& k, cons
 }
 
 }  // namespace
+
+// AftSimple: the batch's causal rows of its first token chunk (kTokenChunk tokens), and every row
+// when the heads are not split (4 or more (b, kv head) pairs), run the state's recurrence from
+// the first token, so they are bitwise the state's. A later chunk of a split head starts
+// from the merged sums of the chunks before it, summed a chunk at a time (in 64-row tiles, then
+// merged) where the state adds one token at a time: two float orders of the same sums, each
+// rounded by about u sqrt(t) of the size of its terms, sigma(q) sum e^K |V| / sum e^K over the
+// keys row t sees (u = 2^-24 in float). So no fixed relative bound holds at every N: in float
+// u sqrt(t) passes 1e-6 near t = 280 (per row, relative to the row's max |value|, the two
+// differed by up to 1.7e-5 at N = 4000 where values of both signs cancel, and by 7.5e-6 of the
+// size at N = 16384). Rows past the first chunk are held to 3 u sqrt(t + 1) of the size, against
+// each other and against the sums in double; half and bfloat16 add one unit of their own
+// rounding (the float results may straddle a rounding boundary). Measured here (N = 2600): up to
+// 1.1 u sqrt(t + 1) in float and double (D = 64, values in [0, 1)), both as close to the double
+// sums as to each other.
+template <class T>
+struct SimpleCausalDouble {
+  std::vector<double> y, size;  // [H, N, D]: sigma(q) num / den, and sigma(q) sum e^K |V| / den
+};
+
+/// The causal sums in double, token by token, shifted by the running max (exact enough: the
+/// bounds below are a million times coarser than their rounding).
+template <class T>
+SimpleCausalDouble<T> simple_causal_double(const Tensor4<T>& q, const Tensor4<T>& k, const Tensor4<T>& v) {
+  const Index H = q.dimension(1), n = q.dimension(2), d = q.dimension(3);
+  SimpleCausalDouble<T> r{std::vector<double>(static_cast<size_t>(H * n * d)), std::vector<double>(static_cast<size_t>(H * n * d))};
+  for (Index h = 0; h < H; ++h)
+    for (Index c = 0; c < d; ++c) {
+      double m = -std::numeric_limits<double>::infinity(), num = 0, den = 0, abs_num = 0;
+      for (Index t = 0; t < n; ++t) {
+        const double kt = static_cast<double>(k(0, h, t, c)), vt = static_cast<double>(v(0, h, t, c));
+        if (kt > m) {
+          const double a = std::exp(m - kt);
+          num *= a, den *= a, abs_num *= a, m = kt;
+        }
+        const double e = std::exp(kt - m);
+        num += e * vt, den += e, abs_num += e * std::abs(vt);
+        const double sq = softfree_ref::sigmoid(static_cast<double>(q(0, h, t, c)));
+        const auto at = static_cast<size_t>((h * n + t) * d + c);
+        r.y[at] = sq * num / den;
+        r.size[at] = sq * abs_num / den;
+      }
+    }
+  return r;
+}
+
+/// One unit of T's rounding at x (0 for the accumulate types: their results are not rounded
+/// again): 2^-10 |x| in half (and its smallest subnormal, 2^-24), 2^-7 |x| in bfloat16.
+/// (std::numeric_limits<Eigen::half>::epsilon() is 2^-13 in Eigen 3.4: not used.)
+template <class T>
+double storage_unit(double x) {
+  if (std::is_same<T, Eigen::half>::value) return std::ldexp(std::abs(x), -10) + std::ldexp(1.0, -24);
+  if (std::is_same<T, Eigen::bfloat16>::value) return std::ldexp(std::abs(x), -7);
+  return 0;
+}
+
+TYPED_TEST(AftDecode, SimpleRowsAreTheCausalRows) {
+  using T = TypeParam;
+  using Acc = softfree::accum_t<T>;
+  constexpr Index kChunk = softfree::detail::kTokenChunk;
+  const Index n = 2 * kChunk + 552, H = 2;  // three chunks, the last one partial
+  const double u = std::numeric_limits<Acc>::epsilon() / 2;
+  for (const Index d : {5, 64})
+    for (const int keys : {0, 1, 2})  // in [-2, 2); in [-30, 30); rising by 60 a chunk (each chunk raises the max)
+      for (const double v_lo : {-1.0, 0.0}) {
+        const std::string where = "D=" + std::to_string(d) + " keys " + std::to_string(keys) + " v from " + std::to_string(v_lo);
+        const auto q = random_tensor<T>(1, H, n, d, 91, -4, 4), v = random_tensor<T>(1, H, n, d, 93, v_lo, 1);
+        auto k = random_tensor<T>(1, H, n, d, 92, keys == 1 ? -30 : -2, keys == 1 ? 30 : 2);
+        if (keys == 2)
+          for (Index h = 0; h < H; ++h)
+            for (Index t = 0; t < n; ++t)
+              for (Index c = 0; c < d; ++c)
+                k(0, h, t, c) = static_cast<T>(static_cast<double>(k(0, h, t, c)) + 60.0 * static_cast<double>(t) / kChunk);
+        AftSimple<T> f;
+        f.causal = true;
+        const Tensor4<T> batch = f(q, k, v);
+        Tensor4<T> state(1, H, n, d);
+        for (Index h = 0; h < H; ++h) {
+          typename AftSimple<T>::State s(d);
+          for (Index t = 0; t < n; ++t) s.step(&q(0, h, t, 0), &k(0, h, t, 0), &v(0, h, t, 0), &state(0, h, t, 0));
+          EXPECT_EQ(s.steps(), n);
+        }
+        EXPECT_TRUE(rows_bitwise_equal(state, batch, kChunk - 1)) << where << ": the first chunk";
+        const SimpleCausalDouble<T> exact = simple_causal_double(q, k, v);
+        int misses = 0;
+        for (Index h = 0; h < H; ++h)
+          for (Index t = kChunk; t < n; ++t)
+            for (Index c = 0; c < d; ++c) {
+              const auto at = static_cast<size_t>((h * n + t) * d + c);
+              const double bound = 3 * u * std::sqrt(static_cast<double>(t + 1)) * exact.size[at];
+              const double s = static_cast<double>(state(0, h, t, c)), b = static_cast<double>(batch(0, h, t, c));
+              const bool ok = std::abs(s - b) <= bound + storage_unit<T>(s) && std::abs(s - exact.y[at]) <= bound + storage_unit<T>(s) &&
+                              std::abs(b - exact.y[at]) <= bound + storage_unit<T>(b);
+              if (!ok && misses++ < 3)
+                ADD_FAILURE() << where << ": [" << h << ", " << t << ", " << c << "] state " << s << ", batch " << b
+                              << ", double " << exact.y[at] << ", bound " << bound;
+            }
+        EXPECT_EQ(misses, 0) << where;
+      }
+}
 
 // N = 100 (past the batch's 64-row causal blocks), D in {5, 16, 64}, a bias shared by the heads
 // and one per head; keys in [-2, 2) and of magnitude up to 150.

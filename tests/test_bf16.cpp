@@ -217,16 +217,6 @@ std::string shape_text(Index B, Index H, Index nq, Index nk, Index D, const Opts
   return s.str();
 }
 
-// Integer-valued tensor: unit * (an integer in [lo, hi]).
-template <class T>
-Tensor4<T> integer_tensor(Index B, Index H, Index N, Index D, unsigned seed, int lo, int hi, double unit) {
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<int> dist(lo, hi);
-  Tensor4<T> t(B, H, N, D);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<T>(unit * dist(gen));
-  return t;
-}
-
 // ------------------------------------------------------------------ accuracy against the references
 
 template <class M>

@@ -88,7 +88,7 @@ bool same_report(const std::any& got, const R& want) {
 }
 
 template <class T>
-struct Inputs {
+struct ConcurrencyInputs {
   Tensor4<T> q = random_tensor<T>(kB, kH, kN, kD, 1);
   Tensor4<T> k = keys_near(q, 2);  // SoftNystrom's untied call converges for keys near the queries
   Tensor4<T> v = random_tensor<T>(kB, kH, kN, kD, 3);
@@ -111,7 +111,7 @@ struct CallerResult {
 
 template <class F>
 void call_every_way(const F& f, const AnyAttention<typename F::scalar_type>& any, const char* name,
-                    const Inputs<typename F::scalar_type>& in, int first, CallerResult<F>& r) {
+                    const ConcurrencyInputs<typename F::scalar_type>& in, int first, CallerResult<F>& r) {
   using T = typename F::scalar_type;
   try {
     for (int j = 0; j < kWays; ++j) {
@@ -174,7 +174,7 @@ struct Caller {
 // test binary instead of hanging it.
 template <class F>
 std::vector<CallerResult<F>> run_callers(const std::vector<Caller<F>>& callers, int at_once, const char* name,
-                                         const Inputs<typename F::scalar_type>& in) {
+                                         const ConcurrencyInputs<typename F::scalar_type>& in) {
   std::vector<CallerResult<F>> results(callers.size());
   std::atomic<int> arrived{0};
   Eigen::Barrier done(static_cast<unsigned>(callers.size()));
@@ -205,7 +205,7 @@ std::vector<CallerResult<F>> run_callers(const std::vector<Caller<F>>& callers, 
 template <class F>
 void check_concurrent(Mode mode, const char* name) {
   using T = typename F::scalar_type;
-  const Inputs<T> in;
+  const ConcurrencyInputs<T> in;
   F base;
   learn(base);  // the bias is built here; its caches are built by the first call
   const auto with = [&](const Parallel& p) {

@@ -22,22 +22,8 @@ using softfree::AftWeights;
 using softfree_ref::Matrix;
 
 // B = 2, H = 6 query heads: H_kv = 1 (multi-query), 2 and 3 (grouped), 6 (plain multi-head).
-constexpr Index kB = 2, kH = 6;
+constexpr Index kGqaB = 2, kGqaH = 6;
 const Index kKvHeads[] = {1, 2, 3, 6};
-
-/// x ([B, H_kv, N, D]) with each kv head repeated for its H / H_kv query heads: what a model
-/// without grouped-query support would pass. Plain loops, independent of the library.
-template <class X>
-X repeat_heads(const X& x, Index H) {
-  const auto& d = x.dimensions();
-  const Index per = H / d[1];
-  X r(d[0], H, d[2], d[3]);
-  for (Index b = 0; b < d[0]; ++b)
-    for (Index h = 0; h < H; ++h)
-      for (Index n = 0; n < d[2]; ++n)
-        for (Index c = 0; c < d[3]; ++c) r(b, h, n, c) = x(b, h / per, n, c);
-  return r;
-}
 
 /// Per-kv-head reference weights repeated to one per query head (a shared one stays shared).
 std::vector<Matrix> repeat_weights(const std::vector<Matrix>& w, Index H) {
@@ -52,11 +38,11 @@ template <class T>
 struct GroupedInputs {
   Tensor4<T> q, k, v, k_rep, v_rep;
   GroupedInputs(Index kv_heads, Index N, Index D, unsigned seed, double lo = -1, double hi = 1)
-      : q(random_tensor<T>(kB, kH, N, D, seed, lo, hi)),
-        k(random_tensor<T>(kB, kv_heads, N, D, seed + 1, lo, hi)),
-        v(random_tensor<T>(kB, kv_heads, N, D, seed + 2)),
-        k_rep(repeat_heads(k, kH)),
-        v_rep(repeat_heads(v, kH)) {}
+      : q(random_tensor<T>(kGqaB, kGqaH, N, D, seed, lo, hi)),
+        k(random_tensor<T>(kGqaB, kv_heads, N, D, seed + 1, lo, hi)),
+        v(random_tensor<T>(kGqaB, kv_heads, N, D, seed + 2)),
+        k_rep(repeat_heads(k, kGqaH)),
+        v_rep(repeat_heads(v, kGqaH)) {}
 };
 
 using RefFn = std::function<softfree_ref::Tensor(const softfree_ref::Tensor&, const softfree_ref::Tensor&,
@@ -136,11 +122,11 @@ TYPED_TEST(Gqa, SoftNystrom) {
     // Newton start convergent, for the reference too (test_soft.cpp): each query head is its kv
     // head's keys plus a small offset of its own.
     GroupedInputs<T> x(kv, 40, 8, 400 + static_cast<unsigned>(kv), -2, 2);
-    for (Index b = 0; b < kB; ++b)
-      for (Index h = 0; h < kH; ++h)
+    for (Index b = 0; b < kGqaB; ++b)
+      for (Index h = 0; h < kGqaH; ++h)
         for (Index n = 0; n < 40; ++n)
           for (Index c = 0; c < 8; ++c)
-            x.q(b, h, n, c) = T(static_cast<double>(x.k(b, h / (kH / kv), n, c)) + 0.05 * std::sin(double(n + c + h)));
+            x.q(b, h, n, c) = T(static_cast<double>(x.k(b, h / (kGqaH / kv), n, c)) + 0.05 * std::sin(double(n + c + h)));
     softfree::SoftNystrom<T> f;
     f.landmarks = softfree::Landmarks::segments(10);
     check_grouped<T>(f, x, [&](const auto& q, const auto& k, const auto& v) {
@@ -178,9 +164,9 @@ TYPED_TEST(Gqa, AftFullWithBiasPerKvHead) {
         softfree::AftFull<T> f, f_rep;
         f.causal = f_rep.causal = causal;
         f.set_bias(w);
-        f_rep.set_bias(repeat_slots<T>(w, kH));
+        f_rep.set_bias(repeat_slots<T>(w, kGqaH));
         check_grouped<T>(f, f_rep, x, [&](const auto& q, const auto& k, const auto& v) {
-          return softfree_ref::aft_full(q, k, v, repeat_weights(ref_weights<T>(w), kH), causal);
+          return softfree_ref::aft_full(q, k, v, repeat_weights(ref_weights<T>(w), kGqaH), causal);
         }, std::string(causal ? "causal" : "full") + ", slots " + std::to_string(slots));
       }
 }
@@ -196,9 +182,9 @@ TYPED_TEST(Gqa, AftLocalWithBiasPerKvHead) {
       f.window = f_rep.window = s;
       f.causal = f_rep.causal = causal;
       f.set_bias(w);
-      f_rep.set_bias(repeat_slots<T>(w, kH));
+      f_rep.set_bias(repeat_slots<T>(w, kGqaH));
       check_grouped<T>(f, f_rep, x, [&](const auto& q, const auto& k, const auto& v) {
-        return softfree_ref::aft_local(q, k, v, repeat_weights(ref_weights<T>(w), kH), s, causal);
+        return softfree_ref::aft_local(q, k, v, repeat_weights(ref_weights<T>(w), kGqaH), s, causal);
       }, causal ? "causal" : "full");
     }
 }
@@ -211,9 +197,9 @@ TYPED_TEST(Gqa, AftConvWithKernelPerKvHead) {
     softfree::AftConv<T> f, f_rep;
     f.rows = f_rep.rows = 5, f.cols = f_rep.cols = 7;
     f.set_bias(w);
-    f_rep.set_bias(repeat_slots<T>(w, kH));
+    f_rep.set_bias(repeat_slots<T>(w, kGqaH));
     check_grouped<T>(f, f_rep, x, [&](const auto& q, const auto& k, const auto& v) {
-      return softfree_ref::aft_conv(q, k, v, repeat_weights(ref_weights<T>(w), kH), 5, 7);
+      return softfree_ref::aft_conv(q, k, v, repeat_weights(ref_weights<T>(w), kGqaH), 5, 7);
     }, "5 x 7 grid");
   }
 }

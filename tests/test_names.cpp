@@ -21,13 +21,13 @@ const F& held(const AnyAttention<float>& any) {
 }
 
 // Each option: the field it sets, and the call equal (bitwise) to a functor set by hand.
-struct Case {
+struct NameCase {
   std::string name;
   std::function<bool(const AnyAttention<float>&)> fields;
   std::function<Tensor4<float>(const Tensor4<float>&)> by_hand;
 };
 
-std::vector<Case> cases() {
+std::vector<NameCase> cases() {
   using namespace softfree;
   return {
       {"softmax:scale=0.25,causal=true",
@@ -112,7 +112,7 @@ std::vector<Case> cases() {
 
 TEST(Names, OptionsSetTheirFields) {
   const Tensor4<float> x = random_tensor<float>(1, 2, 64, 16, 7);
-  for (const Case& c : cases()) {
+  for (const NameCase& c : cases()) {
     SCOPED_TRACE(c.name);
     const AnyAttention<float> any = make_attention<float>(c.name);
     EXPECT_EQ(any.name(), c.name);

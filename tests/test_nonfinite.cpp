@@ -44,19 +44,19 @@ struct Spot {
 using Rule = std::function<Expect(Where, Poison, const Spot&, Index t, Index c)>;
 
 template <class T>
-using Call = std::function<Tensor4<T>(const Tensor4<T>&, const Tensor4<T>&, const Tensor4<T>&)>;
+using NfCall = std::function<Tensor4<T>(const Tensor4<T>&, const Tensor4<T>&, const Tensor4<T>&)>;
 
 template <class T>
-struct Method {
+struct NfMethod {
   std::string name;
-  Call<T> call;
+  NfCall<T> call;
   Rule rule;
   bool tied = false;  // q is passed as k too (SoftNystrom's tied path): no separate k to poison
 };
 
 // Shape: B = 2, H = 2, N = 150 (two 128-key tiles, several query blocks, a 10 x 15 AftConv grid,
 // three SoftNystrom tokens per landmark), D = 12 (not whole packets: the tails are read too).
-constexpr Index kB = 2, kH = 2, kN = 150, kD = 12, kLength = 100;  // key_lengths = {kN, kLength}
+constexpr Index kNfB = 2, kNfH = 2, kNfN = 150, kNfD = 12, kLength = 100;  // key_lengths = {kNfN, kLength}
 
 /// Tile and block edges (63/64), the padding (120 >= kLength), the first and last token.
 const std::vector<Spot>& spots() {
@@ -76,7 +76,7 @@ Expect nan_or(Poison p, Expect inf) { return p == Poison::nan ? Expect::nan : in
 /// drops key j where it is -inf); v[j, c] column c of the rows that see j, with positive weights.
 Rule softmax_rule(bool causal, bool padded) {
   return [=](Where w, Poison p, const Spot& s, Index t, Index c) {
-    const Index length = padded && s.b == 1 ? kLength : kN;
+    const Index length = padded && s.b == 1 ? kLength : kNfN;
     const auto sees = [&](Index key) { return key < length && (!causal || key <= t); };
     switch (w) {
       case Where::q: return t == s.j ? nan_or(p, Expect::any) : Expect::same;
@@ -130,18 +130,18 @@ Rule aft_rule(bool causal, bool positive) {
 }
 
 template <class F, class T>
-Call<T> as_call(F f) {
+NfCall<T> as_call(F f) {
   return [f](const Tensor4<T>& q, const Tensor4<T>& k, const Tensor4<T>& v) { return f(q, k, v); };
 }
 
 template <class T>
-std::vector<Method<T>> methods() {
-  std::vector<Method<T>> m;
+std::vector<NfMethod<T>> methods() {
+  std::vector<NfMethod<T>> m;
   for (const bool causal : {false, true})
     for (const bool padded : {false, true}) {
       softfree::SoftmaxAttention<T> f;
       f.causal = causal;
-      if (padded) f.key_lengths = {kN, kLength};
+      if (padded) f.key_lengths = {kNfN, kLength};
       m.push_back({std::string("softmax") + (causal ? " causal" : "") + (padded ? " key_lengths" : ""),
                    as_call<decltype(f), T>(f), softmax_rule(causal, padded)});
     }
@@ -154,7 +154,7 @@ std::vector<Method<T>> methods() {
   m.push_back({"soft-gaussian", as_call<softfree::SoftGaussian<T>, T>({}), gaussian_rule});
   m.push_back({"soft-nystrom", as_call<softfree::SoftNystrom<T>, T>({}), nystrom_rule});
   m.push_back({"soft-nystrom tied", as_call<softfree::SoftNystrom<T>, T>({}), nystrom_rule, true});
-  const auto bias = random_weights<T>(kH, kN, kN, 5, -2, 2);
+  const auto bias = random_weights<T>(kNfH, kNfN, kNfN, 5, -2, 2);
   for (const bool causal : {false, true}) {
     const std::string c = causal ? " causal" : "";
     softfree::AftFull<T> full(bias);
@@ -165,7 +165,7 @@ std::vector<Method<T>> methods() {
     m.push_back({"aft-local" + c, as_call<decltype(local), T>(local), aft_rule(causal, false)});
     m.push_back({"aft-simple" + c, as_call<decltype(simple), T>(simple), aft_rule(causal, true)});
   }
-  m.push_back({"aft-conv", as_call<softfree::AftConv<T>, T>(softfree::AftConv<T>(random_weights<T>(kH, 3, 5, 6, -2, 2), 10, 15)),
+  m.push_back({"aft-conv", as_call<softfree::AftConv<T>, T>(softfree::AftConv<T>(random_weights<T>(kNfH, 3, 5, 6, -2, 2), 10, 15)),
                aft_rule(false, false)});
   return m;
 }
@@ -180,12 +180,12 @@ template <class T>
   int count = 0;
   double tensor_max = 0;
   for (Index i = 0; i < base.size(); ++i) tensor_max = std::max(tensor_max, std::abs(static_cast<double>(base.data()[i])));
-  for (Index b = 0; b < kB; ++b)
-    for (Index h = 0; h < kH; ++h)
-      for (Index t = 0; t < kN; ++t) {
+  for (Index b = 0; b < kNfB; ++b)
+    for (Index h = 0; h < kNfH; ++h)
+      for (Index t = 0; t < kNfN; ++t) {
         double row_max = kRowFloorOfTensor * tensor_max;
-        for (Index c = 0; c < kD; ++c) row_max = std::max(row_max, std::abs(static_cast<double>(base(b, h, t, c))));
-        for (Index c = 0; c < kD; ++c) {
+        for (Index c = 0; c < kNfD; ++c) row_max = std::max(row_max, std::abs(static_cast<double>(base(b, h, t, c))));
+        for (Index c = 0; c < kNfD; ++c) {
           const double g = static_cast<double>(got(b, h, t, c)), r = static_cast<double>(base(b, h, t, c));
           const Expect e = (b == s.b && h == s.h) ? rule(where, poison, s, t, c) : Expect::same;
           bool ok = true;
@@ -218,7 +218,7 @@ TYPED_TEST_SUITE(NonFinite, NonFiniteTypes, TypeName);
 // and last token, both batch items and heads).
 TYPED_TEST(NonFinite, OneElementReachesWhatThePolicySays) {
   using T = TypeParam;
-  const Tensor4<T> q = random_tensor<T>(kB, kH, kN, kD, 1), k = keys_near(q, 2), v = random_tensor<T>(kB, kH, kN, kD, 3);
+  const Tensor4<T> q = random_tensor<T>(kNfB, kNfH, kNfN, kNfD, 1), k = keys_near(q, 2), v = random_tensor<T>(kNfB, kNfH, kNfN, kNfD, 3);
   for (const auto& m : methods<T>()) {
     const Tensor4<T>& kk = m.tied ? q : k;
     const Tensor4<T> base = m.call(q, kk, v);
@@ -243,17 +243,17 @@ TYPED_TEST(NonFinite, OneElementReachesWhatThePolicySays) {
 // that cannot see them are bitwise those of the finite call.
 TYPED_TEST(NonFinite, SoftmaxMaskedKeysAndValuesNeverReachAVisibleRow) {
   using T = TypeParam;
-  const Tensor4<T> q = random_tensor<T>(kB, kH, kN, kD, 11), k = random_tensor<T>(kB, kH, kN, kD, 12),
-                   v = random_tensor<T>(kB, kH, kN, kD, 13);
+  const Tensor4<T> q = random_tensor<T>(kNfB, kNfH, kNfN, kNfD, 11), k = random_tensor<T>(kNfB, kNfH, kNfN, kNfD, 12),
+                   v = random_tensor<T>(kNfB, kNfH, kNfN, kNfD, 13);
   for (const Poison poison : {Poison::nan, Poison::pos_inf, Poison::neg_inf}) {
     const T bad = static_cast<T>(value_of(poison));
     {  // padding: batch item 1 sees kLength keys
       softfree::SoftmaxAttention<T> f;
-      f.key_lengths = {kN, kLength};
+      f.key_lengths = {kNfN, kLength};
       Tensor4<T> pk = k, pv = v;
-      for (Index h = 0; h < kH; ++h)
-        for (Index j = kLength; j < kN; ++j)
-          for (Index c = 0; c < kD; ++c) pk(1, h, j, c) = pv(1, h, j, c) = bad;
+      for (Index h = 0; h < kNfH; ++h)
+        for (Index j = kLength; j < kNfN; ++j)
+          for (Index c = 0; c < kNfD; ++c) pk(1, h, j, c) = pv(1, h, j, c) = bad;
       EXPECT_TRUE(bitwise_equal(f(q, pk, pv), f(q, k, v))) << "padding " << name_of(poison);
       f.causal = true;
       EXPECT_TRUE(bitwise_equal(f(q, pk, pv), f(q, k, v))) << "padding + causal " << name_of(poison);
@@ -262,10 +262,10 @@ TYPED_TEST(NonFinite, SoftmaxMaskedKeysAndValuesNeverReachAVisibleRow) {
       softfree::SoftmaxAttention<T> f;
       f.causal = true;
       Tensor4<T> pk = k, pv = v;
-      for (Index b = 0; b < kB; ++b)
-        for (Index h = 0; h < kH; ++h)
-          for (Index j = first; j < kN; ++j)
-            for (Index c = 0; c < kD; ++c) pk(b, h, j, c) = pv(b, h, j, c) = bad;
+      for (Index b = 0; b < kNfB; ++b)
+        for (Index h = 0; h < kNfH; ++h)
+          for (Index j = first; j < kNfN; ++j)
+            for (Index c = 0; c < kNfD; ++c) pk(b, h, j, c) = pv(b, h, j, c) = bad;
       EXPECT_TRUE(rows_bitwise_equal(f(q, pk, pv), f(q, k, v), first - 1))
           << "causal, keys from " << first << " " << name_of(poison);
     }

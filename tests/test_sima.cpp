@@ -125,6 +125,76 @@ TEST(SimA, BitwiseIdenticalForAnyThreadCount) {
   }
 }
 
+
+/// f(q, k, v) against the reference (k, v repeated to q's heads), bitwise equal to the call on the
+/// repeated k, v, and for 1, 2, 3, 7 and 16 threads and a user pool.
+template <class T>
+void check_token_split(const Tensor4<T>& q, const Tensor4<T>& k, const Tensor4<T>& v, double eps = 1e-12) {
+  const Index H = q.dimension(1);
+  const Tensor4<T> k_rep = repeat_heads(k, H), v_rep = repeat_heads(v, H);
+  SimA<T> f;
+  f.order = SimAOrder::KVFirst;
+  f.eps = eps;
+  const Tensor4<T> serial = f(q, k, v);
+  const auto ref = softfree_ref::sima(to_ref(q), to_ref(k_rep), to_ref(v_rep), eps);
+  EXPECT_TRUE(close_to_ref(serial, ref));
+  EXPECT_TRUE(close_to_ref_rows(serial, ref, 2 * tolerance<T>()));
+  if (k.dimension(1) != H) {
+    EXPECT_TRUE(bitwise_equal(serial, f(q, k_rep, v_rep))) << "grouped k, v differ from the repeated ones";
+  }
+  for (int threads : {2, 3, 7, 16}) {
+    f.parallel = softfree::Parallel::with_threads(threads);
+    EXPECT_TRUE(bitwise_equal(serial, f(q, k, v))) << threads << " threads";
+  }
+  Eigen::ThreadPool pool(2);
+  Eigen::ThreadPoolDevice device(&pool, 2);
+  f.parallel = softfree::Parallel::on(device);
+  EXPECT_TRUE(bitwise_equal(serial, f(q, k, v))) << "a user pool";
+}
+
+// Qn (Kn^T V) split over tokens: per chunk of softfree::detail::kTokenChunk keys their K^T V and
+// norms, per chunk of queries their norms, reduced in chunk order, then O by chunks of rows.
+// N of several chunks and no multiple of one (B = 1, H = 1 and B = 2, H = 3), q and k of
+// different lengths (3 and 2 chunks) with grouped-query heads (H_kv = 1 and 2 of H = 4), and
+// half's converted tiles. D = 8 keeps the O(N^2 D) reference short.
+TEST(SimA, TokenSplitOverSeveralChunks) {
+  static_assert(softfree::detail::kTokenChunk == 1024, "the sizes below straddle chunk boundaries of 1024");
+  for (Index B : {1, 2}) {
+    const Index H = B == 1 ? 1 : 3, n = B == 1 ? 3100 : 2100;
+    SCOPED_TRACE(::testing::Message() << "B = " << B << ", H = " << H << ", N = " << n);
+    const auto q = random_tensor<float>(B, H, n, 8, 170), k = random_tensor<float>(B, H, n, 8, 171),
+               v = random_tensor<float>(B, H, n, 8, 172);
+    check_token_split(q, k, v);
+  }
+  for (Index kv_heads : {1, 2}) {
+    SCOPED_TRACE(::testing::Message() << "H_kv = " << kv_heads);
+    const auto q = random_tensor<float>(1, 4, 2100, 8, 173), k = random_tensor<float>(1, kv_heads, 1100, 8, 174),
+               v = random_tensor<float>(1, kv_heads, 1100, 8, 175);
+    check_token_split(q, k, v);
+    check_token_split(from_ref<Eigen::half>(to_ref(q)), from_ref<Eigen::half>(to_ref(k)),
+                      from_ref<Eigen::half>(to_ref(v)));
+  }
+}
+
+// The overflow fallback over several chunks, for some heads only: query head 1's q near 1e36
+// (its float column norms overflow, while K^T V does not: a norm of inf once gave the scale
+// 1 / inf = 0 and an output of zeros) and kv head 1's k near 1e37 (query heads 2 and 3), while
+// query head 0 takes the direct M. The redone heads are whole-head and one thread each; the
+// result is the same for any thread count and matches the reference everywhere.
+TEST(SimA, OverflowFallbackPerHeadOverSeveralChunks) {
+  auto q = random_tensor<float>(1, 4, 2100, 8, 181), k = random_tensor<float>(1, 2, 1100, 8, 182);
+  const auto v = random_tensor<float>(1, 2, 1100, 8, 183), k_unit = k;
+  for (Index n = 0; n < 2100; ++n)
+    for (Index c = 0; c < 8; ++c) q(0, 1, n, c) *= 1e36f;
+  for (Index n = 0; n < 1100; ++n)
+    for (Index c = 0; c < 8; ++c) k(0, 1, n, c) *= 1e37f;
+  check_token_split(q, k, v);
+  // eps = 0 with a subnormal column norm in query head 3 alone (a scale that is no float).
+  auto qs = random_tensor<float>(1, 4, 2100, 8, 184);
+  for (Index n = 0; n < 2100; ++n) qs(0, 3, n, 2) = n < 4 ? 2.5e-41f : 0.f;
+  check_token_split(qs, k_unit, v, 0.0);
+}
+
 // SimA's point in half precision: inputs near half's largest value (65504) give finite, correct
 // outputs, because l1 normalisation bounds every |Qn|, |Kn| by 1 and |Kn^T V| by max |V|.
 // A softmax without its max shift would compute exp(q.k / sqrt(D)) with q.k ~ 1e9 here, which
@@ -165,10 +235,11 @@ TEST(SimA, RejectsMismatchedShapesWithoutWriting) {
   EXPECT_TRUE(close_to_ref(softfree::make_attention<float>("sima")(q, q, q), to_ref(SimA<float>{}(q, q, q)), 0.0));
 }
 
-// Inputs near 1e19 (and 1e36, where a float column norm over 33 tokens overflows): the result,
-// about |v|, is representable, and every intermediate (Qn, Kn with |x| <= 1; Kn^T V <= max|v|)
-// is too. Float within its usual 1e-5, bfloat16 storage (float's range) within 4e-2: the same
-// bounds as at unit scale, since every step is scale-free. Per row too (rows differ in size).
+// Inputs near 1e19 and 1e36, where K^T V overflows float (a column norm overflowing alone is
+// OverflowFallbackPerHeadOverSeveralChunks's case): the result, about |v|, is representable, and
+// every intermediate (Qn, Kn with |x| <= 1; Kn^T V <= max|v|) is too. Float within its usual
+// 1e-5, bfloat16 storage (float's range) within 4e-2: the same bounds as at unit scale, since
+// every step is scale-free. Per row too (rows differ in size).
 template <class T>
 void check_large_inputs(double magnitude, unsigned seed) {
   const auto q = random_tensor<T>(1, 2, 33, 16, seed, -magnitude, magnitude),

@@ -274,19 +274,10 @@ TYPED_TEST(SoftmaxTyped, DeterministicAcrossThreads) {
     }
 }
 
-// Integer-valued inputs whose scores are exact in every accumulate type, so the only error is
-// exp's and the final rounding, while |score| reaches 1e4: far beyond exp's float range (88), so
-// only the running max shift keeps them finite. q = 64 a, k = c with integers a, c in
-// [lo, hi], D = 64, scale 1/8: score = 8 sum a c, a multiple of 8 below 2^15 in magnitude.
-template <class T>
-Tensor4<T> integer_tensor(Index B, Index H, Index N, Index D, unsigned seed, int lo, int hi, double unit) {
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<int> dist(lo, hi);
-  Tensor4<T> t(B, H, N, D);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<T>(unit * dist(gen));
-  return t;
-}
-
+// Integer-valued inputs (integer_tensor) whose scores are exact in every accumulate type, so the
+// only error is exp's and the final rounding, while |score| reaches 1e4: far beyond exp's float
+// range (88), so only the running max shift keeps them finite. q = 64 a, k = c with integers a, c
+// in [lo, hi], D = 64, scale 1/8: score = 8 sum a c, a multiple of 8 below 2^15 in magnitude.
 TYPED_TEST(SoftmaxTyped, LargeLogits) {
   using T = TypeParam;
   for (int sign : {1, -1}) {  // every score near +1e4, then every score near -1e4

@@ -308,4 +308,30 @@ void finishes_in_time(const char* what, F&& f, std::chrono::seconds limit = std:
   runner.join();
 }
 
+/// Integer-valued tensor: unit * (an integer in [lo, hi]), uniform (scores exact in every
+/// accumulate type for small integers).
+template <class T>
+Tensor4<T> integer_tensor(Index B, Index H, Index N, Index D, unsigned seed, int lo, int hi, double unit) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int> dist(lo, hi);
+  Tensor4<T> t(B, H, N, D);
+  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<T>(unit * dist(gen));
+  return t;
+}
+
+/// x ([B, H_kv, N, D]) with each kv head repeated for its H / H_kv query heads: what a model
+/// without grouped-query support would pass, and what the references take. Plain loops,
+/// independent of the library.
+template <class X>
+X repeat_heads(const X& x, Index H) {
+  const auto& d = x.dimensions();
+  const Index per = H / d[1];
+  X r(d[0], H, d[2], d[3]);
+  for (Index b = 0; b < d[0]; ++b)
+    for (Index h = 0; h < H; ++h)
+      for (Index n = 0; n < d[2]; ++n)
+        for (Index c = 0; c < d[3]; ++c) r(b, h, n, c) = x(b, h / per, n, c);
+  return r;
+}
+
 }  // namespace softfree_test

@@ -9,8 +9,11 @@
 // reductions, one D x D x N product, a D x D rescale and one N x D x D product: O(N D^2), both
 // products through the kernel layer's gemm, or, with bf16 products (Math), on bf16 pairs
 // (core/kernels/pairs.hpp) accumulated in float: K^T V with K and V rounded, Q M with Q and the
-// rescaled M rounded. Inputs for which that overflows take Qn (Kn^T V) with Qn and Kn formed
-// first (SimAHead). The short-sequence order stays in float.
+// rescaled M rounded. The column norms and K^T V are summed per chunk of kTokenChunk tokens and
+// the chunks then in order, so every head spreads over the threads with the same bits for any
+// thread count (Kernel<SimA>::kv_first). Inputs for which that overflows take Qn (Kn^T V) with Qn
+// and Kn formed first (SimAHead), a whole head on one thread. The short-sequence order stays in
+// float, one item per kv head.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -60,13 +63,16 @@ class SimA : public Attention<SimA<T>, T> {
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
-/// One thread's SimA workspace and the two orders, per (b, h) head; Pairs: kv_first's products on
-/// bf16 pairs.
+/// One thread's SimA workspace and the two orders; Pairs: kv_first's products on bf16 pairs.
 ///
-/// kv_first first tries M = diag(a b) (K^T V) straight from the tiles; where that overflows (K^T V
-/// for |x| ~ 1e19 in float, a float norm for |x| ~ 1e36) or a scale leaves float's normal range
-/// (1 / a subnormal norm with eps = 0), it forms Qn and Kn (each |entry| <= 1, scales in double)
-/// before any product instead, so every input whose result is representable gives it.
+/// kv_first runs in token-split phases (Kernel<SimA> below): per token chunk of a kv head, the
+/// chunk's K^T V and K column norms (key_chunk); per chunk of a query head, Q's column norms
+/// (query_chunk); then per chunk of query rows, M = diag(a b) (K^T V) from the partials reduced
+/// in chunk order (prepare_m) and the rows' O = Q M (product_rows). Where that M overflowed (K^T V
+/// for |x| ~ 1e19 in float, a float norm for |x| ~ 1e36 over a few hundred tokens) or a scale
+/// leaves float's normal range (1 / a subnormal norm with eps = 0), the head is redone whole by
+/// one thread (scaled_head) with Qn and Kn formed (each |entry| <= 1, scales in double) before any
+/// product, so every input whose result is representable gives it.
 template <class T, bool Pairs = false>
 class SimAHead {
   using Acc = accum_t<T>;
@@ -80,32 +86,60 @@ class SimAHead {
  public:
   // M (row stride ldm: D, or D rounded up to whole packets for pairs).
   SimAHead(Index d, double eps)
-      : d_(d), ldm_(Pairs ? pad_to_16(d) : d), eps_(eps), qnorm_(static_cast<size_t>(d)), knorm_(qnorm_.size()),
-        qscale_(d), kscale_(d), kv_(static_cast<size_t>(d * ldm_)), kt_v_(kv_.size()) {}
+      : d_(d), ldm_(ldm_of(d)), eps_(eps), qnorm_(static_cast<size_t>(d)), knorm_(qnorm_.size()), qscale_(d),
+        kscale_(d), kv_(static_cast<size_t>(d * ldm_)) {}
 
-  // O = Q (diag(a b) (K^T V)), or Qn (Kn^T V). keys_ready: K^T V and K's norms are those of the
-  // previous call (a query head of the same grouped-query group), not to be formed again.
-  void kv_first(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op, bool keys_ready = false) {
-    const Index d = d_, ldm = ldm_;
-    if (!keys_ready) key_sums(kp, vp, nk);
-    const bool direct = direct_m(qp, nq);
-    if (!direct) scaled_m(qp, nq, kp, vp, nk);
-    if constexpr (Pairs) pack_row_pairs<PairOps>(kv_.data(), d, d, ldm, reserve(mp_, pairs_of(d) * ldm), ldm);
-    for (Index r0 = 0; r0 < nq; r0 += kTile) {
-      const Index rows = std::min(kTile, nq - r0);
-      const Acc* qt = load_q_(qp + r0 * d, rows, d).data();
-      if (!direct) qt = qscale_.apply(qt, rows);
-      Acc* o = out_.begin(op + r0 * d, rows, d, ldm);
-      if constexpr (Pairs) {  // o = Q M on pairs along D
-        PairWord* qw = reserve(pw_, rows * pairs_of(d));
-        pack_rows(qt, rows, d, d, qw, pairs_of(d));
-        gemm_pairs<Tile>(rows, ldm, pairs_of(d), PairA{qw, pairs_of(d), 1}, PairRowsB<PairOps>{mp_.data(), ldm},
-                         StoreC<Acc>{o, ldm});
-      } else {
-        gemm<Tile>(rows, d, d, StridedA<Acc>{qt, d, 1}, RowsB<Acc>{kv_.data(), d}, StoreC<Acc>{o, d});  // o = Q M
-      }
-      out_.commit();
+  /// Values in one token chunk's key partial: its K^T V (D rows of stride ldm), then its K column
+  /// l1 norms (D).
+  static Index key_partial_size(Index d) { return d * ldm_of(d) + d; }
+
+  /// kv_first, phase 1: the K^T V and K column norms of `rows` tokens, added into part (zeroed,
+  /// key_partial_size values).
+  void key_chunk(const T* kp, const T* vp, Index rows, Acc* part) {
+    const Index d = d_;
+    for (Index r0 = 0; r0 < rows; r0 += kTile) {
+      const Index n = std::min(kTile, rows - r0);
+      const Acc* kt = load_k_(kp + r0 * d, n, d).data();
+      add_kv(kt, load_v_(vp + r0 * d, n, d).data(), n, part);
+      add_abs_colsum(kt, n, part + d * ldm_);
     }
+  }
+
+  /// kv_first, phase 1: Q's column l1 norms over `rows` tokens, added into part (zeroed, D values).
+  void query_chunk(const T* qp, Index rows, Acc* part) {
+    const Index d = d_;
+    for (Index r0 = 0; r0 < rows; r0 += kTile) {
+      const Index n = std::min(kTile, rows - r0);
+      add_abs_colsum(load_q_(qp + r0 * d, n, d).data(), n, part);
+    }
+  }
+
+  /// kv_first, phase 2: M = diag(a b) (K^T V) for query head `head` (any id unique in the call),
+  /// from its kv head's key partials keys[k0, k0 + kc) and its query partials queries[q0, q0 + qc),
+  /// each reduced in chunk order; kept for the next call with the same head. false where
+  /// anything overflowed or a scale is not a normal Acc: the head is then for scaled_head.
+  bool prepare_m(Index head, const Partials<Acc>& keys, Index k0, Index kc, const Partials<Acc>& queries, Index q0,
+                 Index qc) {
+    if (head == m_head_) return m_direct_;
+    const Index d = d_, ldm = ldm_;
+    m_head_ = head;
+    reduce(keys, k0, kc, 0, d * ldm, kv_.data());
+    reduce(keys, k0, kc, d * ldm, d, knorm_.data());
+    reduce(queries, q0, qc, 0, d, qnorm_.data());
+    m_direct_ = direct_m();
+    if (m_direct_) pack_m();
+    return m_direct_;
+  }
+
+  /// kv_first, phase 2: O rows [r0, r0 + rows) = Q M, M from the last prepare_m (which was true).
+  void product_rows(const T* qp, Index r0, Index rows, T* op) { rows_times_m(qp, r0, rows, op, false); }
+
+  /// kv_first's fallback: the whole head as Qn (Kn^T V), Qn and Kn formed with scales in double.
+  void scaled_head(const T* qp, Index nq, const T* kp, const T* vp, Index nk, T* op) {
+    m_head_ = -1;  // kv_ now holds Kn^T V
+    scaled_m(qp, nq, kp, vp, nk);
+    pack_m();
+    rows_times_m(qp, 0, nq, op, true);
   }
 
   // O = (Qn Kn^T) V: for short sequences, where the Nq x Nkv matrix is the small one.
@@ -160,32 +194,27 @@ class SimAHead {
                       x <= static_cast<double>(std::numeric_limits<Acc>::max()));
   }
 
-  /// kt_v = K^T V and knorm = K's column l1 norms, in Acc from the tiles as they are.
-  void key_sums(const T* kp, const T* vp, Index nk) {
-    const Index d = d_;
-    std::fill(kt_v_.begin(), kt_v_.end(), Acc(0));
-    std::fill(knorm_.begin(), knorm_.end(), Acc(0));
-    for (Index r0 = 0; r0 < nk; r0 += kTile) {
-      const Index rows = std::min(kTile, nk - r0);
-      const Acc* kt = load_k_(kp + r0 * d, rows, d).data();
-      add_kv(kt, load_v_(vp + r0 * d, rows, d).data(), rows, kt_v_.data());
-      add_abs_colsum(kt, rows, knorm_.data());
-    }
+  static Index ldm_of(Index d) { return Pairs ? pad_to_16(d) : d; }
+
+  /// dst[0, n) = the sum over slots [first, first + count) of p[slot][offset, offset + n), added
+  /// in slot (chunk) order.
+  static void reduce(const Partials<Acc>& p, Index first, Index count, Index offset, Index n, Acc* dst) {
+    using Vec = Eigen::Array<Acc, Eigen::Dynamic, 1>;
+    Eigen::Map<Vec> sum(dst, n);
+    sum = Eigen::Map<const Vec>(p[first] + offset, n);
+    for (Index c = 1; c < count; ++c) sum += Eigen::Map<const Vec>(p[first + c] + offset, n);
   }
 
-  /// kv = diag(a b) (K^T V) from key_sums' results; false where anything overflowed or a scale is
-  /// not a normal Acc (then kv is to be rebuilt by scaled_m).
-  bool direct_m(const T* qp, Index nq) {
+  /// kv = diag(a b) (K^T V) from K^T V in kv and the norms; false where anything overflowed or a
+  /// scale is not a normal Acc (then kv is to be rebuilt by scaled_m). An overflowed (infinite)
+  /// norm counts too: its scale 1 / inf = 0 would drop the channel, which Qn's form keeps.
+  bool direct_m() {
     const Index d = d_, ldm = ldm_;
     Acc* kv = kv_.data();
-    std::copy(kt_v_.begin(), kt_v_.end(), kv_.begin());
-    std::fill(qnorm_.begin(), qnorm_.end(), Acc(0));
-    for (Index r0 = 0; r0 < nq; r0 += kTile) {
-      const Index rows = std::min(kTile, nq - r0);
-      add_abs_colsum(load_q_(qp + r0 * d, rows, d).data(), rows, qnorm_.data());
-    }
     for (Index c = 0; c < d; ++c) {  // row c scaled by a_c b_c
-      const Acc a = scale_of(qnorm_[static_cast<size_t>(c)]), b = scale_of(knorm_[static_cast<size_t>(c)]);
+      const Acc qn = qnorm_[static_cast<size_t>(c)], kn = knorm_[static_cast<size_t>(c)];
+      if (!is_finite(static_cast<double>(qn)) || !is_finite(static_cast<double>(kn))) return false;
+      const Acc a = scale_of(qn), b = scale_of(kn);
       const double ab = static_cast<double>(a) * static_cast<double>(b);  // exact
       if (!normal_or_zero(static_cast<double>(a)) || !normal_or_zero(static_cast<double>(b)) || !normal_or_zero(ab))
         return false;
@@ -194,6 +223,31 @@ class SimAHead {
       MatrixMap<Acc>(kv + c * ldm, 1, d) *= a * b;
     }
     return true;
+  }
+
+  /// Pairs: M (kv) as pair words along D, for Q M.
+  void pack_m() {
+    if constexpr (Pairs) pack_row_pairs<PairOps>(kv_.data(), d_, d_, ldm_, reserve(mp_, pairs_of(d_) * ldm_), ldm_);
+  }
+
+  /// O rows [r0, r0 + nrows) = Q M, or Qn M with qscale_ (scaled), tile by tile.
+  void rows_times_m(const T* qp, Index r0, Index nrows, T* op, bool scaled) {
+    const Index d = d_, ldm = ldm_;
+    for (Index t0 = r0; t0 < r0 + nrows; t0 += kTile) {
+      const Index rows = std::min(kTile, r0 + nrows - t0);
+      const Acc* qt = load_q_(qp + t0 * d, rows, d).data();
+      if (scaled) qt = qscale_.apply(qt, rows);
+      Acc* o = out_.begin(op + t0 * d, rows, d, ldm);
+      if constexpr (Pairs) {  // o = Q M on pairs along D
+        PairWord* qw = reserve(pw_, rows * pairs_of(d));
+        pack_rows(qt, rows, d, d, qw, pairs_of(d));
+        gemm_pairs<Tile>(rows, ldm, pairs_of(d), PairA{qw, pairs_of(d), 1}, PairRowsB<PairOps>{mp_.data(), ldm},
+                         StoreC<Acc>{o, ldm});
+      } else {
+        gemm<Tile>(rows, d, d, StridedA<Acc>{qt, d, 1}, RowsB<Acc>{kv_.data(), d}, StoreC<Acc>{o, d});  // o = Q M
+      }
+      out_.commit();
+    }
   }
 
   /// kv = Kn^T V, Kn formed one tile at a time; qscale_ ready for Qn.
@@ -217,8 +271,9 @@ class SimAHead {
     }
   }
 
-  /// 1 / max(norm, eps) in Acc; an all-zero channel gets 0. Non-finite when the norm overflowed;
-  /// NaN for a NaN norm (std::max keeps its first argument when unordered), never 0.
+  /// 1 / max(norm, eps) in Acc (norm finite or NaN); an all-zero channel gets 0. NaN for a NaN
+  /// norm (std::max keeps its first argument when unordered), never 0; inf for a subnormal norm
+  /// with eps = 0.
   Acc scale_of(Acc norm) const { return norm == 0 ? Acc(0) : Acc(1) / std::max(norm, static_cast<Acc>(eps_)); }
 
   /// Adds sum_rows |x| to norm, summing each chunk of 256 rows apart first so the rounding error
@@ -251,9 +306,11 @@ class SimAHead {
 
   Index d_, ldm_;
   double eps_;
-  AlignedBuffer<Acc> qnorm_, knorm_;  // direct_m's float norms
+  AlignedBuffer<Acc> qnorm_, knorm_;  // direct_m's float norms, reduced from the partials
   Scales qscale_, kscale_;            // scaled_m's and qk_first's scales
-  AlignedBuffer<Acc> partial_, kv_, kt_v_, scores_;  // kt_v_: K^T V as key_sums left it
+  AlignedBuffer<Acc> partial_, kv_, scores_;  // kv_: K^T V, then M
+  Index m_head_ = -1;                         // the head whose M prepare_m left in kv_
+  bool m_direct_ = false;                     // what prepare_m returned for it
   AlignedBuffer<PairWord> pw_, vw_, mp_;  // Pairs: Kn^T or Qn, V, M as pair words
   TileLoader<T> load_q_, load_k_, load_v_;
   OutputTile<T> out_;
@@ -275,18 +332,69 @@ struct Kernel<SimA<T>> {
   template <class Head>
   static NoReport run(const SimA<T>& f, SimAOrder how, const ConstView4<T>& q, const ConstView4<T>& k,
                       const ConstView4<T>& v, const View4<T>& out) {
+    if (how == SimAOrder::KVFirst) return kv_first<Head>(f, q, k, v, out);
     const Shape4 sq = shape_of(q), sk = shape_of(k);
-    // One item = the query heads of one kv head (one (b, h) without grouped-query heads): the
-    // column norms need every token of the head, and K^T V is formed once for the group.
+    // The short-sequence order, tiny: one item = the query heads of one kv head, whole.
     for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N, 0, sq.H / sk.H}, [&] {
       return [&, ws = Head(sq.D, f.eps)](const WorkGrid::Item& it) mutable {
         for (Index i = 0; i < it.heads; ++i) {
           const HeadSlices<T> x = head_slices(q, k, v, out, it.b, it.h + i);
-          if (how == SimAOrder::KVFirst)
-            ws.kv_first(x.q, sq.N, x.k, x.v, sk.N, x.out, /*keys_ready=*/i > 0);
-          else
-            ws.qk_first(x.q, sq.N, x.k, x.v, sk.N, x.out);
+          ws.qk_first(x.q, sq.N, x.k, x.v, sk.N, x.out);
         }
+      };
+    });
+    return {};
+  }
+
+  /// Qn (Kn^T V) split over tokens (chunks of kTokenChunk, so the same bits for any thread count):
+  ///  1. per (b, kv head, key chunk) the chunk's K^T V and K column norms, and per (b, query head,
+  ///     query chunk) the chunk's Q column norms, as partials;
+  ///  2. per (b, query head, chunk of query rows) M from the partials reduced in chunk order (D^2
+  ///     per chunk, once per head and thread), then those rows of O = Q M;
+  ///  3. only for heads whose M overflowed (rare): the whole head in double-scaled form, one thread
+  ///     per head.
+  template <class Head>
+  static NoReport kv_first(const SimA<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
+                           const View4<T>& out) {
+    using Acc = accum_t<T>;
+    const Shape4 sq = shape_of(q), sk = shape_of(k);
+    const Index d = sq.D;
+    const WorkGrid keys{sq.B, sk.H, sk.N, kTokenChunk}, queries{sq.B, sq.H, sq.N, kTokenChunk};
+    Partials<Acc> key_parts(keys.size(), Head::key_partial_size(d)), query_parts(queries.size(), d);
+    parallel_for(f.parallel, keys.size() + queries.size(), [&] {
+      return [&, ws = Head(d, f.eps)](Index i) mutable {
+        if (i < keys.size()) {
+          const WorkGrid::Item it = keys[i];
+          ws.key_chunk(head(k, it.b, it.h).data() + it.r0 * d, head(v, it.b, it.h).data() + it.r0 * d, it.rows,
+                       key_parts[i]);
+        } else {
+          const WorkGrid::Item it = queries[i - keys.size()];
+          ws.query_chunk(head(q, it.b, it.h).data() + it.r0 * d, it.rows, query_parts[i - keys.size()]);
+        }
+      };
+    });
+    // Per item of `queries`: whether its head needs the scaled form (every item of a head decides
+    // alike, from the same reduced partials).
+    std::vector<unsigned char> scaled(static_cast<size_t>(queries.size()), 0);
+    for_each_item(f.parallel, queries, [&] {
+      return [&, ws = Head(d, f.eps)](const WorkGrid::Item& it) mutable {
+        const Index kv_h = kv_head_of(it.h, sq.H, sk.H);
+        const Index k0 = keys.index(WorkGrid::Item{it.b, kv_h, 1, 0, 0, 0}), q0 = it.bh * queries.blocks();
+        if (!ws.prepare_m(it.bh, key_parts, k0, keys.blocks(), query_parts, q0, queries.blocks())) {
+          scaled[static_cast<size_t>(queries.index(it))] = 1;
+          return;
+        }
+        ws.product_rows(head(q, it.b, it.h).data(), it.r0, it.rows, head(out, it.b, it.h).data());
+      };
+    });
+    std::vector<Index> redo;  // (b * H + h) of each head to redo, in head order
+    for (Index bh = 0; bh < sq.B * sq.H; ++bh)
+      if (scaled[static_cast<size_t>(bh * queries.blocks())]) redo.push_back(bh);
+    parallel_for(f.parallel, static_cast<Index>(redo.size()), [&] {
+      return [&, ws = Head(d, f.eps)](Index i) mutable {
+        const Index bh = redo[static_cast<size_t>(i)];
+        const HeadSlices<T> x = head_slices(q, k, v, out, bh / sq.H, bh % sq.H);
+        ws.scaled_head(x.q, sq.N, x.k, x.v, sk.N, x.out);
       };
     });
     return {};

@@ -197,6 +197,41 @@ EIGEN_ALWAYS_INLINE P aft_exp(const P& k, const P& m) {
   return exp2_nonpositive(ei::pmul(ei::psub(k, m), ei::pset1<P>(kLog2e<scalar_of<P>>)));
 }
 
+/// Per-channel sums of a run of keys, as one block of 3 ld values: [m | num | den] with m the
+/// run's max of K, num = sum e^{K - m} V and den = sum e^{K - m} (ld: D rounded up to whole
+/// packets). Token-split work keeps one per chunk of tokens (Partials) and merges them in order.
+template <class Acc>
+struct AftSums {
+  static Index size(Index ld) { return 3 * ld; }
+  static Acc* m(Acc* s, Index) { return s; }
+  static Acc* num(Acc* s, Index ld) { return s + ld; }
+  static Acc* den(Acc* s, Index ld) { return s + 2 * ld; }
+  static const Acc* m(const Acc* s, Index) { return s; }
+  static const Acc* num(const Acc* s, Index ld) { return s + ld; }
+  static const Acc* den(const Acc* s, Index ld) { return s + 2 * ld; }
+};
+
+/// out = the sums of run a followed by run b (AftSums blocks of ld channels, ld whole packets;
+/// out may be a or b): both rescaled to the larger max, e^{m_a - M} and e^{m_b - M} as the
+/// running sums rescale (AftRunning), so the larger run's factor is exactly 1 and den >= 1 for
+/// finite keys. Merging chunk totals in chunk order gives the same result for any thread count.
+template <class Acc>
+void aft_merge_sums(Index ld, const Acc* a, const Acc* b, Acc* out) {
+  using P = Packet<Acc>;
+  using S = AftSums<Acc>;
+  const P log2e = ei::pset1<P>(kLog2e<Acc>);
+  for (Index c = 0; c < ld; c += kLanes<Acc>) {
+    const P ma = ei::ploadu<P>(S::m(a, ld) + c), mb = ei::ploadu<P>(S::m(b, ld) + c), mx = vmax(ma, mb);
+    const P fa = exp2_nonpositive(ei::pmul(ei::psub(ma, mx), log2e));
+    const P fb = exp2_nonpositive(ei::pmul(ei::psub(mb, mx), log2e));
+    const P num = ei::pmadd(ei::ploadu<P>(S::num(b, ld) + c), fb, ei::pmul(ei::ploadu<P>(S::num(a, ld) + c), fa));
+    const P den = ei::pmadd(ei::ploadu<P>(S::den(b, ld) + c), fb, ei::pmul(ei::ploadu<P>(S::den(a, ld) + c), fa));
+    ei::pstoreu(S::m(out, ld) + c, mx);
+    ei::pstoreu(S::num(out, ld) + c, num);
+    ei::pstoreu(S::den(out, ld) + c, den);
+  }
+}
+
 /// X[t] = [e^{K[t] - m} * V[t], e^{K[t] - m}, 0...] for t in [lo, hi) of k and v (rows of d),
 /// row t at x + (t - lo) * ldx (m: a per-channel upper bound of those keys).
 template <class Acc>

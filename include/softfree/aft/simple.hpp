@@ -3,6 +3,14 @@
 // (SPEC.md "AFT"). Non-causal: one streaming pass over K and V for the per-channel max and sums,
 // a tile of rows at a time, then one over Q for the output; causal: running sums with a running
 // max (AftRunning), also behind State for token-by-token decoding.
+//
+// Heads longer than kTokenChunk tokens are split in chunks of it (the shape fixes them, never
+// the thread count): phase 1 takes each chunk's max and sums (AftSums), a scan merges them per
+// kv head in chunk order, and phase 2 writes each chunk's rows, for every query head of the
+// group: non-causal from the merged totals, causal by running the recurrence from the sums of
+// the chunks before it. So one (b, kv head) spreads over every thread, and the result is still
+// bitwise identical for any thread count. Causal heads are split only when there are few of them
+// (Kernel::kCausalSplitBelow): the split costs more work there.
 #include <algorithm>
 #include <cstdint>
 
@@ -17,7 +25,9 @@ inline namespace SOFTFREE_ISA {
 
 /// Running per-channel sums for causal AftSimple and its recurrent state: the max m of the keys
 /// seen so far, and num, den shifted by it (rescaled when the max grows), so den >= 1 always.
-/// The batch path and State run this same code, so their results are bitwise equal.
+/// The batch path and State run this same code: from the start of a sequence (reset) their
+/// results are bitwise equal; the batch's later token chunks start from the merged sums of the
+/// chunks before them (resume), summed in another order than a state's one token at a time.
 template <class Acc>
 class AftRunning {
  public:
@@ -25,6 +35,16 @@ class AftRunning {
       : d_(d), m_(static_cast<size_t>(pad_to_packets<Acc>(d))), num_(m_.size()), den_(m_.size()) {}
   void reset() { n_ = 0; }
   Index steps() const { return n_; }
+
+  /// Continues from the sums of the first `steps` (> 0) tokens: an AftSums block of D rounded
+  /// up to whole packets (pad_to_packets) channels.
+  void resume(const Acc* sums, Index steps) {
+    const Index ld = static_cast<Index>(m_.size());
+    std::copy(AftSums<Acc>::m(sums, ld), AftSums<Acc>::m(sums, ld) + ld, m_.data());
+    std::copy(AftSums<Acc>::num(sums, ld), AftSums<Acc>::num(sums, ld) + ld, num_.data());
+    std::copy(AftSums<Acc>::den(sums, ld), AftSums<Acc>::den(sums, ld) + ld, den_.data());
+    n_ = steps;
+  }
 
   /// Adds key / value row t (D values each).
   void push(const Acc* k, const Acc* v) {
@@ -40,8 +60,13 @@ class AftRunning {
         return;
       }
       const P m_old = ei::ploadu<P>(m_.data() + c), m_new = vmax(m_old, kk), log2e = ei::pset1<P>(kLog2e<Acc>);
-      const P alpha = exp2_nonpositive(ei::pmul(ei::psub(m_old, m_new), log2e));
+      const P shift = ei::psub(m_old, m_new);  // 0 where the max holds; < 0 where it grew; NaN if not finite
       const P e = exp2_nonpositive(ei::pmul(ei::psub(kk, m_new), log2e));
+      // The rescale e^shift only where some lane needs it: a channel's max grows a few times in a
+      // sequence, and where it holds e^0 = 1 (exp2_nonpositive(0) is exactly 1): the same bits,
+      // an exponential per value fewer.
+      P alpha = ei::pset1<P>(Acc(1));
+      if (vany(ei::pcmp_lt_or_nan(shift, ei::pset1<P>(Acc(0))))) alpha = exp2_nonpositive(ei::pmul(shift, log2e));
       ei::pstoreu(m_.data() + c, m_new);
       ei::pstoreu(num_.data() + c, ei::pmadd(e, vv, ei::pmul(ei::ploadu<P>(num_.data() + c), alpha)));
       ei::pstoreu(den_.data() + c, ei::pmadd(ei::ploadu<P>(den_.data() + c), alpha, e));
@@ -140,7 +165,8 @@ using AftSimpleState = typename AftSimple<T>::State;
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
-/// One thread's AftSimple workspace and passes, per (b, h) head.
+/// One thread's AftSimple workspace and passes, per (b, kv head) with its query heads: a whole
+/// head (full, causal) or one token chunk of it (chunk_sums, full_rows, causal_rows).
 template <class T>
 class AftSimpleHead {
   using Acc = accum_t<T>;
@@ -156,27 +182,49 @@ class AftSimpleHead {
       : d_(d), ld_(pad_to_packets<Acc>(d)), run_(d), tile_(static_cast<size_t>(2 * kTile * ld_)),
         m_(static_cast<size_t>(ld_)), num_(m_.size()), den_(m_.size()) {}
 
-  // The running sums take each key once, and every query head of the group reads them.
-  void causal(const GroupSlices<T>& x, Index n) {
+  // The whole head: the running sums from the first token, or the sums then every row.
+  void causal(const GroupSlices<T>& x, Index n) { causal_rows(x, 0, n, nullptr); }
+  void full(const GroupSlices<T>& x, Index n) {
+    sums(x.k, x.v, n);
+    ratio(num_.data(), den_.data());
+    outputs(x, n, 0, n);
+  }
+
+  // Phase 1: the max and sums of key rows [r0, r0 + rows) into out (an AftSums block of ld).
+  void chunk_sums(const GroupSlices<T>& x, Index r0, Index rows, Acc* out) {
+    sums(x.k + r0 * d_, x.v + r0 * d_, rows);
+    std::copy(m_.data(), m_.data() + ld_, AftSums<Acc>::m(out, ld_));
+    std::copy(num_.data(), num_.data() + ld_, AftSums<Acc>::num(out, ld_));
+    std::copy(den_.data(), den_.data() + ld_, AftSums<Acc>::den(out, ld_));
+  }
+
+  // Phase 2, non-causal: rows [r0, r0 + rows) of every query head of the group from the sums
+  // over all n keys (an AftSums block).
+  void full_rows(const GroupSlices<T>& x, Index n, Index r0, Index rows, const Acc* total) {
+    ratio(AftSums<Acc>::num(total, ld_), AftSums<Acc>::den(total, ld_));
+    outputs(x, n, r0, rows);
+  }
+
+  // Causal rows [r0, r0 + rows) of every query head of the group: the running sums from `before`,
+  // the sums of keys [0, r0) (null when r0 = 0: from the first token, as State). The running sums
+  // take each key once, and every query head of the group reads them.
+  void causal_rows(const GroupSlices<T>& x, Index r0, Index rows, const Acc* before) {
     const Index d = d_;
-    const Acc *kk = load_k_(x.k, n, d).data(), *vv = load_v_(x.v, n, d).data();
+    const Acc *kk = load_k_(x.k + r0 * d, rows, d).data(), *vv = load_v_(x.v + r0 * d, rows, d).data();
     io_.bind(x.q, x.out, x.heads, x.stride, d);
-    run_.reset();
-    for (Index t0 = 0; t0 < n; t0 += kTile) {
-      const Index rows = std::min(kTile, n - t0);
-      io_.rows(t0, rows);
-      for (Index t = t0; t < t0 + rows; ++t) {
+    if (before)
+      run_.resume(before, r0);
+    else
+      run_.reset();
+    for (Index t0 = 0; t0 < rows; t0 += kTile) {
+      const Index tile = std::min(kTile, rows - t0);
+      io_.rows(r0 + t0, tile);
+      for (Index t = t0; t < t0 + tile; ++t) {
         run_.push(kk + t * d, vv + t * d);
         for (Index i = 0; i < x.heads; ++i) run_.emit(io_.q(i) + (t - t0) * d, io_.y(i) + (t - t0) * d);
       }
       io_.commit();
     }
-  }
-
-  void full(const GroupSlices<T>& x, Index n) {
-    sums(x.k, x.v, n);
-    ratio();
-    for (Index i = 0; i < x.heads; ++i) output(x.q + i * x.stride, n, x.out + i * x.stride);
   }
 
  private:
@@ -253,22 +301,27 @@ class AftSimpleHead {
     }
   }
 
-  // num = num / den in place (den >= 1: the max key contributes e^0).
-  void ratio() {
+  // The ratio num / den into num_ (num may be num_; den >= 1: the max key contributes e^0).
+  void ratio(const Acc* num, const Acc* den) {
     using P = Packet<Acc>;
     for (Index c = 0; c < ld_; c += kLanes<Acc>)
-      ei::pstore(num_.data() + c, ei::pdiv(ei::pload<P>(num_.data() + c), ei::pload<P>(den_.data() + c)));
+      ei::pstore(num_.data() + c, ei::pdiv(ei::ploadu<P>(num + c), ei::ploadu<P>(den + c)));
   }
 
-  // Y[t] = sigma(Q[t]) * ratio (num after ratio()). Direct reads and writes when D is whole
-  // packets, as in sums.
-  void output(const T* qp, Index n, T* op) {
+  // Rows [r0, r0 + rows) of every query head of the group (heads of n rows) from the ratio.
+  void outputs(const GroupSlices<T>& x, Index n, Index r0, Index rows) {
+    // Streaming stores when the head's whole output outgrows L2, also when a chunk of it is written.
+    const bool big = n * d_ * static_cast<Index>(sizeof(T)) >= kStreamBytes;
+    for (Index i = 0; i < x.heads; ++i) output(x.q + i * x.stride + r0 * d_, rows, x.out + i * x.stride + r0 * d_, big);
+  }
+
+  // Y[t] = sigma(Q[t]) * ratio (num_ after ratio()) for n rows. Direct reads and writes when D is
+  // whole packets, as in sums, and streaming stores for a big output (big) where aligned.
+  void output(const T* qp, Index n, T* op, bool big) {
     const Index d = d_, ld = ld_;
     const Acc* const ratio = num_.data();
     if (ld == d) {
-      const bool stream =
-          n * d * static_cast<Index>(sizeof(T)) >= kStreamBytes && reinterpret_cast<std::uintptr_t>(op) % 64 == 0;
-      if (stream)
+      if (big && reinterpret_cast<std::uintptr_t>(op) % 64 == 0)
         output_rows<true>(qp, n * d, ratio, op);
       else
         output_rows<false>(qp, n * d, ratio, op);
@@ -305,17 +358,62 @@ class AftSimpleHead {
 
 template <class T>
 struct Kernel<AftSimple<T>> {
+  using Acc = accum_t<T>;
+
+  // Causal heads are split only when there are fewer (b, kv head) pairs than this: a split
+  // causal head costs about 1.3x the work (phase 1's pass over K and V comes on top of the running
+  // sums), which pays only while heads alone leave threads idle. A shape, never a thread count.
+  static constexpr Index kCausalSplitBelow = 4;
+
   static NoReport forward(const AftSimple<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
                           const ConstView4<T>& v, const View4<T>& out) {
     const Shape4 s = shape_of(q);
-    // One item = one (b, kv head) with its query heads (one (b, h) without grouped-query heads).
-    for_each_item(f.parallel, WorkGrid{s.B, shape_of(k).H, s.N}, [&] {
+    const Index kv_heads = shape_of(k).H;
+    const bool split = s.N > kTokenChunk && (!f.causal || s.B * kv_heads < kCausalSplitBelow);
+    // One item = one token chunk of one (b, kv head), or the whole head, with its query heads
+    // (one (b, h) without grouped-query heads).
+    const WorkGrid grid{s.B, kv_heads, s.N, split ? kTokenChunk : 0};
+    const Index chunks = grid.blocks();
+    const auto slices = [&](const WorkGrid::Item& it) { return group_slices(q, k, v, out, it.b, it.h); };
+    if (!split) {  // each item is a whole head, in one pass
+      for_each_item(f.parallel, grid, [&] {
+        return [&, ws = AftSimpleHead<T>(s.D)](const WorkGrid::Item& it) mutable {
+          if (f.causal)
+            ws.causal(slices(it), s.N);
+          else
+            ws.full(slices(it), s.N);
+        };
+      });
+      return {};
+    }
+    // Phase 1: each chunk's max and sums, slot grid.index(it). Causal rows read the chunks before
+    // theirs only: the last chunk's are not needed.
+    const Index ld = pad_to_packets<Acc>(s.D);
+    Partials<Acc> sums(grid.size(), AftSums<Acc>::size(ld));
+    for_each_item(f.parallel, grid, [&] {
       return [&, ws = AftSimpleHead<T>(s.D)](const WorkGrid::Item& it) mutable {
-        const GroupSlices<T> x = group_slices(q, k, v, out, it.b, it.h);
+        if (f.causal && it.r0 + it.rows == s.N) return;
+        ws.chunk_sums(slices(it), it.r0, it.rows, sums[grid.index(it)]);
+      };
+    });
+    // The inclusive scan per (b, kv head), in chunk order: slot j becomes the sums of chunks
+    // [0, j]; the head's slots are consecutive.
+    const Index scanned = f.causal ? chunks - 1 : chunks;
+    parallel_for(f.parallel, grid.size() / chunks, [&] {
+      return [&](Index head) {
+        for (Index j = head * chunks + 1; j < head * chunks + scanned; ++j)
+          aft_merge_sums(ld, sums[j - 1], sums[j], sums[j]);
+      };
+    });
+    // Phase 2: every chunk's rows, from the totals (the head's last slot) or, causal, from the
+    // sums before the chunk (chunk 0 from the first token, as State).
+    for_each_item(f.parallel, grid, [&] {
+      return [&, ws = AftSimpleHead<T>(s.D)](const WorkGrid::Item& it) mutable {
+        const Index slot = grid.index(it), j = it.r0 / grid.row_block();
         if (f.causal)
-          ws.causal(x, s.N);
+          ws.causal_rows(slices(it), it.r0, it.rows, j == 0 ? nullptr : sums[slot - 1]);
         else
-          ws.full(x, s.N);
+          ws.full_rows(slices(it), s.N, it.r0, it.rows, sums[slot - j + chunks - 1]);
       };
     });
     return {};
