@@ -361,7 +361,7 @@ struct Kernel<SimA<T>> {
     const Index d = sq.D;
     const WorkGrid keys{sq.B, sk.H, sk.N, kTokenChunk}, queries{sq.B, sq.H, sq.N, kTokenChunk};
     Partials<Acc> key_parts(keys.size(), Head::key_partial_size(d)), query_parts(queries.size(), d);
-    parallel_for(f.parallel, keys.size() + queries.size(), [&] {
+    for_each_index(f.parallel, keys.size() + queries.size(), [&] {
       return [&, ws = Head(d, f.eps)](Index i) mutable {
         if (i < keys.size()) {
           const WorkGrid::Item it = keys[i];
@@ -390,7 +390,7 @@ struct Kernel<SimA<T>> {
     std::vector<Index> redo;  // (b * H + h) of each head to redo, in head order
     for (Index bh = 0; bh < sq.B * sq.H; ++bh)
       if (scaled[static_cast<size_t>(bh * queries.blocks())]) redo.push_back(bh);
-    parallel_for(f.parallel, static_cast<Index>(redo.size()), [&] {
+    for_each_index(f.parallel, static_cast<Index>(redo.size()), [&] {
       return [&, ws = Head(d, f.eps)](Index i) mutable {
         const Index bh = redo[static_cast<size_t>(i)];
         const HeadSlices<T> x = head_slices(q, k, v, out, bh / sq.H, bh % sq.H);

@@ -399,7 +399,7 @@ struct Kernel<AftSimple<T>> {
     // The inclusive scan per (b, kv head), in chunk order: slot j becomes the sums of chunks
     // [0, j]; the head's slots are consecutive.
     const Index scanned = f.causal ? chunks - 1 : chunks;
-    parallel_for(f.parallel, grid.size() / chunks, [&] {
+    for_each_index(f.parallel, grid.size() / chunks, [&] {
       return [&](Index head) {
         for (Index j = head * chunks + 1; j < head * chunks + scanned; ++j)
           aft_merge_sums(ld, sums[j - 1], sums[j], sums[j]);

@@ -3,9 +3,10 @@
 // parallel_for. The items themselves come from the work scheduler (schedule.hpp).
 //
 // Every kernel splits its work into items whose boundaries depend only on the problem shape
-// (for example one (batch, head) pair, or one block of query rows of it), never on the thread
-// count; each item is computed by one thread start to finish with no cross-item reduction. So
-// the result is bitwise identical for any number of threads. Threads claim items from a shared
+// (for example one (batch, head) pair, one block of query rows of it, or one chunk of its
+// tokens), never on the thread count; each item is computed by one thread start to finish, and
+// where a later phase combines items' partial results (schedule.hpp's Partials), it does so in
+// item order. So the result is bitwise identical for any number of threads. Threads claim items from a shared
 // counter, which keeps both cores busy on a shared machine without changing any result.
 #include <algorithm>
 #include <atomic>

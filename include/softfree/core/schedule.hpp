@@ -3,6 +3,7 @@
 // count), each computed by one thread start to finish, so results are bitwise identical for any
 // number of threads. An item is a block of rows of one (b, h) head, or of a group of heads that
 // share something worth reading once (AftFull's bias).
+#include <utility>
 #include <vector>
 
 #include "kernels/packet.hpp"
@@ -127,6 +128,15 @@ void for_each_item(const Parallel& p, const WorkGrid& grid, MakeWorker&& make_wo
   parallel_for(p, grid.size(), [&] {
     return [&grid, worker = make_worker()](Index i) mutable { worker(grid[i]); };
   });
+}
+
+/// Runs items 0..n-1 that are no WorkGrid's items (token chunks of two grids at once, heads to
+/// redo, a scan per head) as one parallel phase, recorded as for_each_item's are.
+template <class MakeWorker>
+void for_each_index(const Parallel& p, Index n, MakeWorker&& make_worker) {
+  if (n <= 0) return;
+  ScheduleTrace::record(n);
+  parallel_for(p, n, std::forward<MakeWorker>(make_worker));
 }
 
 }  // namespace SOFTFREE_ISA
