@@ -373,19 +373,25 @@ struct Kernel<AftSimple<T>> {
     // One item = one token chunk of one (b, kv head), or the whole head, with its query heads
     // (one (b, h) without grouped-query heads).
     const WorkGrid grid{s.B, kv_heads, s.N, split ? kTokenChunk : 0};
+    if (split) return split_heads(f, grid, q, k, v, out);
+    for_each_item(f.parallel, grid, [&] {  // each item is a whole head, in one pass
+      return [&, ws = AftSimpleHead<T>(s.D)](const WorkGrid::Item& it) mutable {
+        const GroupSlices<T> x = group_slices(q, k, v, out, it.b, it.h);
+        if (f.causal)
+          ws.causal(x, s.N);
+        else
+          ws.full(x, s.N);
+      };
+    });
+    return {};
+  }
+
+  /// Heads split in token chunks (grid): chunk sums, an in-order scan per head, then the rows.
+  static NoReport split_heads(const AftSimple<T>& f, const WorkGrid& grid, const ConstView4<T>& q,
+                              const ConstView4<T>& k, const ConstView4<T>& v, const View4<T>& out) {
+    const Shape4 s = shape_of(q);
     const Index chunks = grid.blocks();
     const auto slices = [&](const WorkGrid::Item& it) { return group_slices(q, k, v, out, it.b, it.h); };
-    if (!split) {  // each item is a whole head, in one pass
-      for_each_item(f.parallel, grid, [&] {
-        return [&, ws = AftSimpleHead<T>(s.D)](const WorkGrid::Item& it) mutable {
-          if (f.causal)
-            ws.causal(slices(it), s.N);
-          else
-            ws.full(slices(it), s.N);
-        };
-      });
-      return {};
-    }
     // Phase 1: each chunk's max and sums, slot grid.index(it). Causal rows read the chunks before
     // theirs only: the last chunk's are not needed.
     const Index ld = pad_to_packets<Acc>(s.D);
