@@ -211,7 +211,7 @@ class SoftmaxScore {
         sum[p] = ei::padd(sum[p], e);
       }
     for (int p = 0; p < NP; ++p) {
-      ei::pstore(sum_.data() + p * L, ei::pmadd(ei::pload<P>(sum_.data() + p * L), alpha[p], sum[p]));
+      ei::pstore(sum_.data() + p * L, vmadd(ei::pload<P>(sum_.data() + p * L), alpha[p], sum[p]));
       ei::pstore(max_.data() + p * L, m[p]);
     }
     for (Index c = 0; c < d; ++c)

@@ -44,7 +44,7 @@ void softmax_row(const Acc* qs, const Acc* kt, Index ldk, const Acc* v, Index n,
     });
     Acc tile = 0;
     for (Index j = 0; j < nj; ++j) tile += e[j];  // in key order, as each query lane of the block
-    sum = ei::pmadd(sum, alpha, ei::pset1<P>(tile));
+    sum = vmadd(sum, alpha, ei::pset1<P>(tile));
     for (Index c = 0; c < dp; c += kLanes<Acc>) ei::pstoreu(y + c, ei::pmul(ei::ploadu<P>(y + c), alpha));
     gemm<Tiling<8, 1>>(1, dp, nj, StridedA<Acc>{e, 0, 1}, RowsB<Acc>{v + j0 * d, d}, AddC<Acc>{y, dp});
     m = mt;

@@ -224,8 +224,8 @@ void aft_merge_sums(Index ld, const Acc* a, const Acc* b, Acc* out) {
     const P ma = ei::ploadu<P>(S::m(a, ld) + c), mb = ei::ploadu<P>(S::m(b, ld) + c), mx = vmax(ma, mb);
     const P fa = exp2_nonpositive(ei::pmul(ei::psub(ma, mx), log2e));
     const P fb = exp2_nonpositive(ei::pmul(ei::psub(mb, mx), log2e));
-    const P num = ei::pmadd(ei::ploadu<P>(S::num(b, ld) + c), fb, ei::pmul(ei::ploadu<P>(S::num(a, ld) + c), fa));
-    const P den = ei::pmadd(ei::ploadu<P>(S::den(b, ld) + c), fb, ei::pmul(ei::ploadu<P>(S::den(a, ld) + c), fa));
+    const P num = vmadd(ei::ploadu<P>(S::num(b, ld) + c), fb, ei::pmul(ei::ploadu<P>(S::num(a, ld) + c), fa));
+    const P den = vmadd(ei::ploadu<P>(S::den(b, ld) + c), fb, ei::pmul(ei::ploadu<P>(S::den(a, ld) + c), fa));
     ei::pstoreu(S::m(out, ld) + c, mx);
     ei::pstoreu(S::num(out, ld) + c, num);
     ei::pstoreu(S::den(out, ld) + c, den);

@@ -53,7 +53,7 @@ class AftWindowRun {
       }
       for (Index tp = lo; tp <= t; ++tp) {
         const P e = exp2_nonpositive(ei::pmul(ei::psub(a(tp), shift), log2e));
-        num = ei::pmadd(e, ei::ploadu<P>(row(v_, tp) + c), num);
+        num = vmadd(e, ei::ploadu<P>(row(v_, tp) + c), num);
         den = ei::padd(den, e);
       }
       ei::pstoreu(y + c, scaled_sigmoid(ei::ploadu<P>(q + c), ei::pdiv(num, den)));

@@ -68,8 +68,8 @@ class AftRunning {
       P alpha = ei::pset1<P>(Acc(1));
       if (vany(ei::pcmp_lt_or_nan(shift, ei::pset1<P>(Acc(0))))) alpha = exp2_nonpositive(ei::pmul(shift, log2e));
       ei::pstoreu(m_.data() + c, m_new);
-      ei::pstoreu(num_.data() + c, ei::pmadd(e, vv, ei::pmul(ei::ploadu<P>(num_.data() + c), alpha)));
-      ei::pstoreu(den_.data() + c, ei::pmadd(ei::ploadu<P>(den_.data() + c), alpha, e));
+      ei::pstoreu(num_.data() + c, vmadd(e, vv, ei::pmul(ei::ploadu<P>(num_.data() + c), alpha)));
+      ei::pstoreu(den_.data() + c, vmadd(ei::ploadu<P>(den_.data() + c), alpha, e));
     });
     ++n_;
   }
@@ -291,7 +291,7 @@ class AftSimpleHead {
     for (Index r = 0; r < rows; ++r)
       for (int p = 0; p < NP; ++p) {
         const P e = aft_exp(load_packet(kt + r * ld + p * L), mx[p]);
-        nu[p] = ei::pmadd(e, load_packet(vt + r * ld + p * L), nu[p]);
+        nu[p] = vmadd(e, load_packet(vt + r * ld + p * L), nu[p]);
         de[p] = ei::padd(de[p], e);
       }
     for (int p = 0; p < NP; ++p) {

@@ -297,7 +297,7 @@ class FlashBlock {
   /// OT[c][i] += v[c] w[i] for queries from <= i < width.
   void add_key(const Acc* w, const Acc* v, Index from, Index width, Acc* ot) const {
     for (Index c = 0; c < d_; ++c)
-      for (Index i = from; i < width; ++i) ot[c * kBlockQ + i] += v[c] * w[i];
+      for (Index i = from; i < width; ++i) ot[c * kBlockQ + i] = vmadd(v[c], w[i], ot[c * kBlockQ + i]);
   }
 
   Prod products_;

@@ -63,7 +63,7 @@ struct FmaOps {
   }
   template <class P>
   static EIGEN_ALWAYS_INLINE P madd(const P& a, const P& b, const P& acc) {
-    return ei::pmadd(a, b, acc);
+    return vmadd(a, b, acc);
   }
 };
 
@@ -233,10 +233,10 @@ void gemm_dot(Index rows, Index cols, Index depth, const Acc* a, Index lda, cons
       Index t = 0;
       for (; t + L <= depth; t += L) {
         const P x = ei::ploadu<P>(bj + t);
-        for (int r = 0; r < nr; ++r) acc[r] = ei::pmadd(ei::ploadu<P>(a + (r0 + r) * lda + t), x, acc[r]);
+        for (int r = 0; r < nr; ++r) acc[r] = vmadd(ei::ploadu<P>(a + (r0 + r) * lda + t), x, acc[r]);
       }
       for (; t < depth; ++t)
-        for (int r = 0; r < nr; ++r) tail[r] += a[(r0 + r) * lda + t] * bj[t];
+        for (int r = 0; r < nr; ++r) tail[r] = vmadd(a[(r0 + r) * lda + t], bj[t], tail[r]);
       for (int r = 0; r < nr; ++r)
         c.store(r0 + r, j, c.template init<Acc>(r0 + r, j) + vsum(acc[r]) + tail[r]);
     }

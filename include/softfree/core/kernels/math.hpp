@@ -4,6 +4,7 @@
 // anyway, one multiply-add), the reciprocal, and the scaled logistic sigmoid. Each runs on any
 // packet width and on scalars; the backend supplies the ISA-specific steps.
 #include <cmath>
+#include <type_traits>
 
 #include "backend.hpp"
 
@@ -35,6 +36,24 @@ EIGEN_ALWAYS_INLINE P vmin(const P& a, const P& b) {
   return Backend::min(a, b);
 }
 
+/// Whether Eigen's packet pmadd rounds once (a fused multiply-add): FMA on x86, NEON with FMA.
+#if defined(EIGEN_VECTORIZE_FMA) || (defined(EIGEN_VECTORIZE_NEON) && defined(__ARM_FEATURE_FMA))
+constexpr bool kFusedMadd = true;
+#else
+constexpr bool kFusedMadd = false;
+#endif
+
+/// a b + c lane-wise: pmadd on packets, and on a scalar the same rounding as a packet lane (one
+/// rounding where pmadd fuses). A scalar step (a tail column, a key the packets skip) must give a
+/// lane's bits; written a * b + c, the compiler would choose (g++ fuses at -O2, not at -O1).
+template <class P>
+EIGEN_ALWAYS_INLINE P vmadd(const P& a, const P& b, const P& c) {
+  if constexpr (std::is_floating_point<P>::value && kFusedMadd)
+    return std::fma(a, b, c);
+  else
+    return ei::pmadd(a, b, c);
+}
+
 /// The sum of a packet's lanes.
 template <class P>
 EIGEN_ALWAYS_INLINE scalar_of<P> vsum(const P& a) {
@@ -56,13 +75,13 @@ Acc dot(const Acc* x, const Acc* y, Index n) {
   P acc[4] = {ei::pset1<P>(Acc(0)), ei::pset1<P>(Acc(0)), ei::pset1<P>(Acc(0)), ei::pset1<P>(Acc(0))};
   Index i = 0;
   for (; i + 4 * L <= n; i += 4 * L)
-    for (int k = 0; k < 4; ++k) acc[k] = ei::pmadd(ei::ploadu<P>(x + i + k * L), ei::ploadu<P>(y + i + k * L), acc[k]);
+    for (int k = 0; k < 4; ++k) acc[k] = vmadd(ei::ploadu<P>(x + i + k * L), ei::ploadu<P>(y + i + k * L), acc[k]);
   Acc tail = 0;
   for_each_packet<Acc>(n - i, [&](auto p, Index j) {
     if constexpr (lanes<decltype(p)>() == 1)
-      tail += x[i + j] * y[i + j];
+      tail = vmadd(x[i + j], y[i + j], tail);
     else
-      acc[0] = ei::pmadd(ei::ploadu<P>(x + i + j), ei::ploadu<P>(y + i + j), acc[0]);
+      acc[0] = vmadd(ei::ploadu<P>(x + i + j), ei::ploadu<P>(y + i + j), acc[0]);
   });
   return vsum(ei::padd(ei::padd(acc[0], acc[1]), ei::padd(acc[2], acc[3]))) + tail;
 }
