@@ -327,6 +327,56 @@ INSTANTIATE_TEST_SUITE_P(Concurrency, ConcurrentBf16Pairs,
                                             kModes),
                          param_name);
 
+// SoftNystrom with more keys than one chunk (core/schedule.hpp's kTokenChunk) and fewer heads
+// than its threads runs in phases over buffers of the call (landmarks, R V partials per chunk, P
+// kept per head): concurrent calls of one functor on the library pool (3 threads, 2 heads: the
+// phases), tied and untied, each bitwise equal to the serial call (fused) with the same report.
+TEST(Concurrency, SoftNystromSplitAcrossTokenChunks) {
+  const Index n = softfree::detail::kTokenChunk + 200, m = 8;
+  // Tokens about m centres along the sequence: landmarks apart, A well conditioned.
+  const auto q = clustered<float>(random_tensor<double>(1, 2, m, kD, 21, -2, 2), n, segment_of(n, m), 22);
+  const Tensor4<float> k = keys_near(q, 23), v = random_tensor<float>(1, 2, n, kD, 24);
+  softfree::SoftNystrom<float> serial;
+  serial.landmarks = softfree::Landmarks::segments(m);
+  softfree::SoftNystrom<float> f = serial;
+  f.parallel = Parallel::with_threads(kLibraryThreads);
+  std::array<Tensor4<float>, 2> want;
+  std::array<softfree::NewtonDiagnostics, 2> want_report;
+  for (size_t tied = 0; tied < 2; ++tied) {
+    want[tied] = Tensor4<float>(1, 2, n, kD);
+    want_report[tied] = serial.run(q, tied ? q : k, v, View4<float>(want[tied].data(), want[tied].dimensions()));
+    for (Index i = 0; i < want[tied].size(); ++i)
+      ASSERT_TRUE(std::isfinite(want[tied].data()[i])) << "serial result not finite at " << i;
+  }
+  struct Result {
+    std::array<Tensor4<float>, 2> out;
+    std::array<softfree::NewtonDiagnostics, 2> report;
+  };
+  std::vector<Result> results(kThreads);
+  finishes_in_time(
+      "concurrent split SoftNystrom calls",
+      [&] {
+        std::vector<std::thread> threads;
+        for (int i = 0; i < kThreads; ++i)
+          threads.emplace_back([&, i] {
+            for (int j = 0; j < 2; ++j) {
+              const size_t tied = static_cast<size_t>((i + j) % 2);  // callers start on different ways
+              Result& r = results[static_cast<size_t>(i)];
+              r.out[tied] = Tensor4<float>(1, 2, n, kD);
+              r.report[tied] = f.run(q, tied ? q : k, v, View4<float>(r.out[tied].data(), r.out[tied].dimensions()));
+            }
+          });
+        for (std::thread& t : threads) t.join();
+      },
+      std::chrono::seconds(300));
+  for (int i = 0; i < kThreads; ++i)
+    for (size_t tied = 0; tied < 2; ++tied) {
+      SCOPED_TRACE(::testing::Message() << "caller " << i << (tied ? ", tied" : ", untied"));
+      EXPECT_TRUE(bitwise_equal(results[static_cast<size_t>(i)].out[tied], want[tied]));
+      EXPECT_TRUE(same_report(results[static_cast<size_t>(i)].report[tied], want_report[tied]));
+    }
+}
+
 // The table above is make_attention's: the same names in the same order, each building that type.
 template <class T>
 void check_names() {

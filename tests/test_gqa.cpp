@@ -137,6 +137,36 @@ TYPED_TEST(Gqa, SoftNystrom) {
   }
 }
 
+// More keys than one chunk (core/schedule.hpp's kTokenChunk): R V per chunk of a kv head's keys,
+// for all its query heads at once, fused or split. The keys are clusters along the sequence
+// (test_util.hpp's clustered), so that the pooled landmarks stay apart.
+TYPED_TEST(Gqa, SoftNystromSplitAcrossTokenChunks) {
+  using T = TypeParam;
+  const Index n = softfree::detail::kTokenChunk + 100, m = 10;
+  for (Index kv : kKvHeads) {
+    GroupedInputs<T> x(kv, n, 8, 450 + static_cast<unsigned>(kv), -2, 2);
+    const auto centres = random_tensor<double>(kGqaB, kv, m, 8, 460 + static_cast<unsigned>(kv), -2, 2);
+    x.k = clustered<T>(centres, n, segment_of(n, m), 470 + static_cast<unsigned>(kv));
+    x.k_rep = repeat_heads(x.k, kGqaH);
+    // Each query near its own key (the pairs' landmarks near each other): A well conditioned.
+    const auto wobble = random_tensor<double>(kGqaB, kGqaH, n, 8, 480 + static_cast<unsigned>(kv), -0.05, 0.05);
+    for (Index i = 0; i < x.q.size(); ++i)
+      x.q.data()[i] = T(static_cast<double>(x.k_rep.data()[i]) + wobble.data()[i]);
+    // Fused (one item per kv head) on 1 thread; split into phases on 5 (kGqaB H_kv items fill
+    // few of their rounds), grouped k and v as the repeated ones.
+    for (int threads : {1, 5}) {
+      softfree::SoftNystrom<T> f;
+      f.landmarks = softfree::Landmarks::segments(m);
+      f.parallel = softfree::Parallel::with_threads(threads);
+      check_grouped<T>(f, x, [&](const auto& q, const auto& k, const auto& v) {
+        return softfree_ref::soft_nystrom(q, k, v, softfree_ref::landmarks_segments(q, m),
+                                          softfree_ref::landmarks_segments(k, m), f.newton.steps, f.newton.lambda,
+                                          softfree_ref::PinvInit::Current, f.soft_norm);
+      }, "segments(10), N = " + std::to_string(n) + ", " + std::to_string(threads) + " threads");
+    }
+  }
+}
+
 TYPED_TEST(Gqa, AftSimple) {
   using T = TypeParam;
   for (Index kv : kKvHeads)

@@ -80,3 +80,23 @@ TEST(Scaling, ItemCountsAreThoseOfDocsScalingMd) {
     EXPECT_EQ(traced_phases(r), want) << m << " H = " << r.H << " N = " << r.N;
   }
 }
+
+// SoftNystrom's schedule depends on the thread count (never its values): on 16 threads its heads
+// fill the rounds only at H = 16, and below that it runs split into four phases at N = 16384.
+TEST(Scaling, SoftNystromPhasesOnSixteenThreads) {
+  struct Row {
+    Index H, N;
+    std::vector<Index> phases;
+  };
+  for (const Row& r : {Row{1, 1024, {1, 8}}, Row{1, 16384, {1, 16, 1, 128}}, Row{6, 1024, {6, 48}},
+                       Row{6, 16384, {6, 96, 6, 768}}, Row{16, 1024, {16, 128}}, Row{16, 16384, {16, 2048}}}) {
+    constexpr Index D = 4;
+    const auto q = random_tensor<float>(1, r.H, r.N, D, 1), k = random_tensor<float>(1, r.H, r.N, D, 2),
+               v = random_tensor<float>(1, r.H, r.N, D, 3);
+    softfree::SoftNystrom<float> f;
+    f.parallel = softfree::Parallel::with_threads(16);
+    softfree::detail::ScheduleTrace trace;
+    (void)f(q, k, v);
+    EXPECT_EQ(trace.phases(), r.phases) << "H = " << r.H << " N = " << r.N;
+  }
+}

@@ -2,6 +2,9 @@
 // double references of tests/reference/soft_ref.hpp, for every storage type.
 #include <softfree/soft.hpp>
 
+#include <algorithm>
+#include <tuple>
+
 #include "reference/soft_ref.hpp"
 #include "test_util.hpp"
 
@@ -470,6 +473,162 @@ TEST(SoftNystrom, ThreadCountDoesNotChangeBits) {
   const auto one = f(q, k, v);
   f.parallel = softfree::Parallel::with_threads(2);
   EXPECT_TRUE(bitwise_equal(one, f(q, k, v)));
+}
+
+// ------------------------------------------------------------------ split across token chunks
+// More keys than one chunk (core/schedule.hpp's kTokenChunk): R V is summed per chunk of keys and
+// the partials added in chunk order, whichever schedule runs them: fused (whole heads per item)
+// where the heads keep every thread busy, else split into phases (landmarks per head, R V per
+// chunk, the pseudo-inverse per head, the output per block of rows; tied, P kept per head).
+
+constexpr Index kChunk = softfree::detail::kTokenChunk;
+
+// Whether SoftNystrom runs `items` whole-head items (B H tied, B H_kv untied) over n keys fused.
+bool runs_fused(Index items, Index n, int threads) {
+  return softfree::detail::nystrom_fused(items, softfree::detail::token_chunks(n), threads);
+}
+
+// Tokens of a rows x cols image in their r x r pooling window (the cut-off last rows and columns
+// in the nearest one), as grid(rows, cols, r) pools them.
+auto window_of(Index rows, Index cols, Index r) {
+  return [=](Index t) {
+    return std::min(t / cols / r, rows / r - 1) * (cols / r) + std::min(t % cols / r, cols / r - 1);
+  };
+}
+
+TYPED_TEST(SoftTyped, NystromSplitAcrossTokenChunks) {
+  using T = TypeParam;
+  const Index n = 2 * kChunk + 300, m = 20;  // three chunks, the last one partial
+  const auto centres = random_tensor<double>(1, 2, m, 8, 90, -2.0, 2.0);
+  const auto q = clustered<T>(centres, n, segment_of(n, m), 91), k = keys_near(q, 92);
+  const auto v = random_tensor<T>(1, 2, n, 8, 93);
+  const Index short_n = kChunk - 100;  // one chunk
+  const auto q_short = clustered<T>(centres, short_n, segment_of(short_n, m), 94);
+  const auto k_short = clustered<T>(centres, short_n, segment_of(short_n, m), 95);
+  const auto v_short = random_tensor<T>(1, 2, short_n, 8, 96);
+  const auto ql = from_ref<T>(to_ref(centres)), kl = keys_near(ql, 97);
+  // Grid landmarks: a 48 x 50 image pooled by r = 6 (the last 2 columns cut off), m = 64.
+  const auto grid_centres = random_tensor<double>(1, 2, 64, 8, 98, -2.0, 2.0);
+  const auto qg = clustered<T>(grid_centres, 48 * 50, window_of(48, 50, 6), 99), kg = keys_near(qg, 100);
+  const auto vg = random_tensor<T>(1, 2, 48 * 50, 8, 101);
+  // 2 heads: fused on 1 thread, split on 3.
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE(::testing::Message() << threads << " threads");
+    EXPECT_EQ(runs_fused(2, n, threads), threads == 1);
+    SoftNystrom<T> f;
+    f.parallel = softfree::Parallel::with_threads(threads);
+    EXPECT_TRUE(segments_match(f, q, k, v, m)) << "untied";
+    EXPECT_TRUE(segments_match(f, q, q, v, m)) << "tied";
+    SoftNystrom<T> g = f;
+    g.soft_norm = true;
+    g.newton.init = NewtonInit::PaperEra;
+    EXPECT_TRUE(segments_match(g, q, q, v, m)) << "tied, SOFT-Norm, paper-era start";
+    // Cross-attention: one chunk of queries against split keys, and split queries against one
+    // chunk of keys (fused pass 1 on any thread count, then many query rows).
+    EXPECT_TRUE(segments_match(f, q_short, k, v, m)) << short_n << " queries, " << n << " keys";
+    EXPECT_TRUE(segments_match(f, q, k_short, v_short, m)) << n << " queries, " << short_n << " keys";
+    // Given landmarks (the centres), untied and tied.
+    g = f;
+    g.landmarks = Landmarks::given(ql, kl);
+    EXPECT_TRUE(nystrom_matches(g, q, k, v, to_ref(ql), to_ref(kl))) << "given";
+    g.landmarks = Landmarks::given(ql, ql);
+    EXPECT_TRUE(nystrom_matches(g, q, q, v, to_ref(ql), to_ref(ql))) << "given, tied";
+    EXPECT_TRUE(grid_match(f, qg, kg, vg, 48, 50, 6)) << "grid";
+    EXPECT_TRUE(grid_match(f, qg, qg, vg, 48, 50, 6)) << "grid, tied";
+  }
+}
+
+TEST(SoftNystrom, SplitTiedAgreesWithAnEqualCopyOfQ) {
+  const Index n = 2 * kChunk + 1, m = 49;  // a last chunk of one token
+  const auto q = clustered<float>(random_tensor<double>(2, 3, m, 32, 102, -2.0, 2.0), n, segment_of(n, m), 103);
+  const auto v = random_tensor<float>(2, 3, n, 32, 104);
+  const Tensor4<float> copy = q;
+  SoftNystrom<float> f;
+  const auto tied = f(q, q, v), untied = f(q, copy, v);
+  EXPECT_TRUE(close_to_ref(tied, to_ref(untied), 2 * tolerance<float>()));
+  ASSERT_FALSE(runs_fused(6, n, 4));
+  f.parallel = softfree::Parallel::with_threads(4);
+  EXPECT_TRUE(bitwise_equal(tied, f(q, q, v)));
+  EXPECT_TRUE(bitwise_equal(untied, f(q, copy, v)));
+}
+
+// The result and the report do not depend on the thread count, whichever schedule runs: tied,
+// untied and grouped-query.
+TEST(SoftNystrom, SplitThreadCountDoesNotChangeBits) {
+  const Index n = 3 * kChunk + 77, m = 16;
+  // Query heads 2 h and 2 h + 1 share their clusters, so kv head h's keys (near query head 2 h's
+  // tokens) suit both: every head's A is well conditioned, grouped too.
+  const auto pairs = random_tensor<double>(2, 2, m, 16, 105, -2.0, 2.0);
+  Tensor4<double> centres(2, 4, m, 16);
+  for (Index h = 0; h < 4; ++h) centres.chip(h, 1) = pairs.chip(h / 2, 1);
+  const auto q = clustered<float>(centres, n, segment_of(n, m), 106), k = keys_near(q, 107);
+  const auto v = random_tensor<float>(2, 4, n, 16, 108);
+  Tensor4<float> k_grouped(2, 2, n, 16), v_grouped(2, 2, n, 16);  // kv head h: query heads 2 h, 2 h + 1
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 2; ++h)
+      for (Index t = 0; t < n; ++t)
+        for (Index c = 0; c < 16; ++c) k_grouped(b, h, t, c) = k(b, 2 * h, t, c), v_grouped(b, h, t, c) = v(b, 2 * h, t, c);
+  // 8 whole-head items (tied, untied) are fused on 1, 2 and 3 threads, split on 5; grouped, 4
+  // items are fused on 1 and 2, split on 3 and 5.
+  EXPECT_TRUE(runs_fused(8, n, 3) && !runs_fused(8, n, 5) && runs_fused(4, n, 2) && !runs_fused(4, n, 3));
+  SoftNystrom<float> f;
+  f.landmarks = Landmarks::segments(m);
+  const auto same = [](const NewtonDiagnostics& a, const NewtonDiagnostics& b) {
+    return a.heads == b.heads && a.steps == b.steps && a.residual == b.residual &&
+           a.pinv_residual == b.pinv_residual && a.restarted == b.restarted && a.converged == b.converged;
+  };
+  const auto call = [&](const Tensor4<float>& kk, const Tensor4<float>& vv, int threads, NewtonDiagnostics& dg) {
+    f.parallel = softfree::Parallel::with_threads(threads);
+    Tensor4<float> out(2, 4, n, 16);
+    dg = f.run(q, kk, vv, softfree::View4<float>(out.data(), out.dimensions()));
+    return out;
+  };
+  using Case = std::tuple<const char*, const Tensor4<float>*, const Tensor4<float>*>;
+  for (const auto& [what, kk, vv] : {Case{"untied", &k, &v}, Case{"tied", &q, &v}, Case{"grouped", &k_grouped, &v_grouped}}) {
+    SCOPED_TRACE(what);
+    NewtonDiagnostics one, other;
+    const auto serial = call(*kk, *vv, 1, one);
+    EXPECT_EQ(one.heads, 8);
+    EXPECT_TRUE(one.converged);
+    for (int threads : {2, 3, 5}) {
+      EXPECT_TRUE(bitwise_equal(serial, call(*kk, *vv, threads, other))) << threads << " threads";
+      EXPECT_TRUE(same(one, other)) << threads << " threads";
+    }
+  }
+}
+
+// Each head's pseudo-inverse is reported, fused or split: the worst residual over the heads.
+TEST(SoftNystrom, SplitDiagnosticsReportTheWorstHead) {
+  const Index n = kChunk + 500, m = 8;
+  const auto q = clustered<double>(random_tensor<double>(2, 2, m, 16, 109, -2.0, 2.0), n, segment_of(n, m), 110);
+  const auto k = keys_near(q, 111), v = random_tensor<double>(2, 2, n, 16, 112);
+  for (bool tied : {false, true}) {
+    const auto& keys = tied ? q : k;
+    const auto ql = softfree_ref::landmarks_segments(to_ref(q), m), kl = softfree_ref::landmarks_segments(to_ref(keys), m);
+    for (int steps : {6, 20}) {
+      double worst = 0;
+      for (Index b = 0; b < 2; ++b)
+        for (Index h = 0; h < 2; ++h) {
+          const auto a = softfree_ref::gaussian_kernel_matrix(ql, kl, b, h);
+          worst = std::max(worst, softfree_ref::newton_pinv(a, steps, 0.01, softfree_ref::PinvInit::Current).residual);
+        }
+      for (int threads : {1, 3}) {  // 4 heads: fused, split
+        SCOPED_TRACE(::testing::Message() << (tied ? "tied" : "untied") << ", " << steps << " steps, " << threads
+                                          << " threads");
+        EXPECT_EQ(runs_fused(4, n, threads), threads == 1);
+        SoftNystrom<double> f;
+        f.landmarks = Landmarks::segments(m);
+        f.newton.steps = steps;
+        f.parallel = softfree::Parallel::with_threads(threads);
+        Tensor4<double> out(2, 2, n, 16);
+        const NewtonDiagnostics diag = f.run(q, keys, v, softfree::View4<double>(out.data(), out.dimensions()));
+        EXPECT_EQ(diag.heads, 4);
+        EXPECT_EQ(diag.steps, steps);
+        EXPECT_NEAR(diag.residual, worst, 1e-9 * (1 + worst));
+        EXPECT_EQ(diag.converged, worst < NewtonOptions::kConvergedResidual);
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------------ bad input

@@ -334,4 +334,23 @@ X repeat_heads(const X& x, Index H) {
   return r;
 }
 
+/// Tokens in clusters along the sequence: token t of n is the centre cluster(t) of `centres`
+/// ([B, H, m, D], in double) plus noise uniform in [-0.2, 0.2). SoftNystrom's landmarks are then
+/// about the centres however long the sequence (random tokens would pool to landmarks all near
+/// their mean, A near rank one), so A stays well conditioned at any N.
+template <class T, class Cluster>
+Tensor4<T> clustered(const Tensor4<double>& centres, Index n, Cluster cluster, unsigned seed) {
+  const Index B = centres.dimension(0), H = centres.dimension(1), d = centres.dimension(3);
+  const auto noise = random_tensor<double>(B, H, n, d, seed, -0.2, 0.2);
+  Tensor4<T> x(B, H, n, d);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h)
+      for (Index t = 0; t < n; ++t)
+        for (Index c = 0; c < d; ++c) x(b, h, t, c) = static_cast<T>(centres(b, h, cluster(t), c) + noise(b, h, t, c));
+  return x;
+}
+/// Token t of n in segment t m / n, as segments(m) pools them (up to the shared boundary tokens).
+inline auto segment_of(Index n, Index m) {
+  return [n, m](Index t) { return t * m / n; };
+}
 }  // namespace softfree_test

@@ -8,6 +8,7 @@
 // newton_pinv exploits; three N x m x D products instead of four.
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -100,7 +101,9 @@ class SoftNystrom : public Attention<SoftNystrom<T>, T> {
 namespace detail {
 inline namespace SOFTFREE_ISA {
 
-/// One thread's per-head SoftNystrom workspace: landmarks, R V, A, its pseudo-inverse and Y.
+/// One thread's SoftNystrom workspace: the weight kernel, token loaders, R V, A, its
+/// pseudo-inverse. Landmarks, their prepared sets, Y and (split tied calls) the kept P live in
+/// NystromShared, which every phase of a call reads.
 /// Pairs: the three N x m x D products on bf16 pairs (the landmark weights, R V and O = P Y), the
 /// pseudo-inverse in float as always; R V and the output tiles have rows of whole packets.
 template <class T, bool Pairs = false>
@@ -111,45 +114,57 @@ class NystromHead {
   // Tiles of tokens weighed against the landmarks: for pairs, as bf16 values (their norms are
   // the product operands').
   using KeyLoader = std::conditional_t<Pairs, Bf16Loader<T>, TileLoader<T>>;
+  /// What a kept row of P holds: for pairs the pair words the output product reads (packed while
+  /// the weight tile is in L1), else the weights as floats (rows of Weights::ld_for(m)).
+  using KeptWord = std::conditional_t<Pairs, PairWord, Acc>;
   static constexpr Index kTile = Weights::kTile;
   /// Row stride of R V, Y and the output tiles: D, or for pairs D in whole packets.
   static Index ld_out(Index d) { return Pairs ? pad_to_16(d) : d; }
+  /// Values of R V (or Y): m rows of ld_out(d).
+  static Index rv_size(Index m, Index d) { return m * ld_out(d); }
+  /// Words of one kept row of P.
+  static Index kept_stride(Index m) { return Pairs ? pairs_of(m) : Weights::ld_for(m); }
 
   NystromHead(Index m, Index d)
-      : m_(m), d_(d), ldo_(ld_out(d)), kernel(m, d),
-        q_values(static_cast<size_t>(Weights::set_size(m, d))), q_words(static_cast<size_t>(Weights::word_size(m, d))),
-        ql(static_cast<size_t>(m * d)), kl(ql.size()), rv(static_cast<size_t>(m * ldo_)),
+      : m_(m), d_(d), ldo_(ld_out(d)), kernel(m, d), rv(static_cast<size_t>(rv_size(m, d))),
         a_(static_cast<size_t>(m * Weights::ld_for(m))), dq_(static_cast<size_t>(m)) {}
 
-  LandmarkSet<Acc> q_set() { return {q_values.data(), q_words.data()}; }
-
-  /// R V += R^T's rows (weights of nj tokens against the landmarks, rows of kernel.ld()) times
-  /// those tokens' values v (storage type).
-  void add_rv(const Acc* w, Index nj, const T* v) {
-    const Index ld = kernel.ld();
-    if constexpr (Pairs) {  // pairs along the tokens: W and V both as [pairs][columns], W read as W^T
-      const Index tp = pairs_of(nj);
-      PairWord *ww = reserve(ww_, tp * ld), *vw = reserve(vw_, tp * ldo_);
-      pack_row_pairs<PairOps>(w, nj, m_, ld, ww, ld);
+  /// The values of the next add_rv calls: nj tokens of v (storage type).
+  void set_values(const T* v, Index nj) {
+    if constexpr (Pairs) {  // pairs along the tokens: V as [pairs][columns]
+      PairWord* vw = reserve(vw_, pairs_of(nj) * ldo_);
       if constexpr (std::is_same<T, Eigen::bfloat16>::value)  // bf16 values already: paired as stored
         pack_row_pairs<PairOps>(v, nj, d_, d_, vw, ldo_);
       else
         pack_row_pairs<PairOps>(load_v(v, nj, d_).data(), nj, d_, d_, vw, ldo_);
-      gemm_pairs<GeneralTiling>(m_, ldo_, tp, PairA{ww, 1, ld}, PairRowsB<PairOps>{vw, ldo_},
-                                AddC<Acc>{rv.data(), ldo_});
     } else {
-      const Acc* vt = load_v(v, nj, d_).data();
-      gemm<GeneralTiling>(m_, d_, nj, StridedA<Acc>{w, 1, ld}, RowsB<Acc>{vt, d_}, AddC<Acc>{rv.data(), d_});
+      vt_ = load_v(v, nj, d_).data();
     }
   }
 
-  /// A = k(Qt, Kt) from Kt's prepared set, its pseudo-inverse, SOFT-Norm, then y = pinv(A) (R V)
-  /// (m rows of ld_out(d)); ql and rv hold Qt and R V. tied: Kt is Qt, so A is symmetric (made
-  /// exactly so).
-  NewtonStats solve(const SoftNystrom<T>& f, const LandmarkSet<Acc>& k_set, bool tied, Acc* y) {
+  /// rv (R V, m rows of ld_out(d)) += R^T's rows w (weights of the nj tokens of set_values
+  /// against the landmarks, rows of kernel.ld()) times those tokens' values.
+  void add_rv(const Acc* w, Index nj, Acc* rv_out) {
+    const Index ld = kernel.ld();
+    if constexpr (Pairs) {  // W as [pairs][columns] too, read as W^T
+      const Index tp = pairs_of(nj);
+      PairWord* ww = reserve(ww_, tp * ld);
+      pack_row_pairs<PairOps>(w, nj, m_, ld, ww, ld);
+      gemm_pairs<GeneralTiling>(m_, ldo_, tp, PairA{ww, 1, ld}, PairRowsB<PairOps>{vw_.data(), ldo_},
+                                AddC<Acc>{rv_out, ldo_});
+    } else {
+      gemm<GeneralTiling>(m_, d_, nj, StridedA<Acc>{w, 1, ld}, RowsB<Acc>{vt_, d_}, AddC<Acc>{rv_out, d_});
+    }
+  }
+
+  /// A = k(Qt, Kt) from Qt (ql, m x d, as prepared) and Kt's prepared set, its pseudo-inverse,
+  /// SOFT-Norm, then y = pinv(A) (R V) (m rows of ld_out(d)) with R V from rv_in. tied: Kt is Qt,
+  /// so A is symmetric (made exactly so).
+  NewtonStats solve(const SoftNystrom<T>& f, const Acc* ql, const Acc* rv_in, const LandmarkSet<Acc>& k_set,
+                    bool tied, Acc* y) {
     const Index m = m_, ld = kernel.ld();
     for (Index i0 = 0; i0 < m; i0 += kTile)  // the weights take tiles of at most kTile rows
-      kernel.weigh(k_set, ql.data() + i0 * d_, std::min(kTile, m - i0), a_.data() + i0 * ld);
+      kernel.weigh(k_set, ql + i0 * d_, std::min(kTile, m - i0), a_.data() + i0 * ld);
     Eigen::Map<RowMatrix<Acc>, 0, Eigen::OuterStride<>> a(a_.data(), m, m, Eigen::OuterStride<>(ld));
     if (tied)
       for (Index i = 0; i < m; ++i)
@@ -169,10 +184,10 @@ class NystromHead {
           v[i * ldv + j] *= static_cast<double>(dq_[static_cast<size_t>(i)] * dq_[static_cast<size_t>(j)]);
     }
     if constexpr (std::is_same<Acc, double>::value) {
-      gemm<GeneralTiling>(m, ldo_, m, StridedA<Acc>{v, ldv, 1}, RowsB<Acc>{rv.data(), ldo_}, StoreC<Acc>{y, ldo_});
+      gemm<GeneralTiling>(m, ldo_, m, StridedA<Acc>{v, ldv, 1}, RowsB<Acc>{rv_in, ldo_}, StoreC<Acc>{y, ldo_});
     } else {  // R V to double, Y in double, rounded once (m^2 D work in double)
       double *rvd = reserve(rvd_, m * ldo_), *yd = reserve(yd_, m * ldo_);
-      for (Index i = 0; i < m * ldo_; ++i) rvd[i] = static_cast<double>(rv[static_cast<size_t>(i)]);
+      for (Index i = 0; i < m * ldo_; ++i) rvd[i] = static_cast<double>(rv_in[i]);
       gemm<GeneralTiling>(m, ldo_, m, StridedA<double>{v, ldv, 1}, RowsB<double>{rvd, ldo_}, StoreC<double>{yd, ldo_});
       for (Index i = 0; i < m * ldo_; ++i) y[i] = static_cast<Acc>(yd[i]);
     }
@@ -201,49 +216,38 @@ class NystromHead {
     }
   }
 
-  // The tied case keeps P for its last product: for pairs as the pair words that product reads
-  // (N x pairs_of(m) words, 0.4 MiB at N = 4096, m = 49), packed while the tile is in L1; else as
-  // float rows of kernel.ld().
-
-  /// Room for P of n tokens.
-  void keep_p(Index n) {
-    if constexpr (Pairs)
-      reserve(pk_words_, n * pairs_of(m_));
-    else
-      reserve(pk_, n * kernel.ld());
-  }
-  /// The weights of tokens [j0, j0 + nj) (x: their values), kept as P's rows; returns the tile.
-  const Acc* weigh_kept(const Acc* x, Index j0, Index nj) {
+  /// The weights of nj tokens x (their values) against a prepared set, kept as rows of P at kept
+  /// (nj rows of kept_stride(m) words); returns the weight tile.
+  const Acc* weigh_kept(const LandmarkSet<Acc>& set, const Acc* x, Index nj, KeptWord* kept) {
     if constexpr (Pairs) {
-      const Acc* w = kernel.weigh(q_set(), x, nj);
-      pack_rows(w, nj, m_, kernel.ld(), pk_words_.data() + j0 * pairs_of(m_), pairs_of(m_));
+      const Acc* w = kernel.weigh(set, x, nj);
+      pack_rows(w, nj, m_, kernel.ld(), kept, pairs_of(m_));
       return w;
     } else {
-      return kernel.weigh(q_set(), x, nj, pk_.data() + j0 * kernel.ld());
+      return kernel.weigh(set, x, nj, kept);
     }
   }
-  /// out = the kept P's rows [i0, i0 + rows) times Y, through tile.
-  void out_kept(Index i0, Index rows, T* out, OutputTile<T>& tile) {
+  /// out = rows kept rows of P (from weigh_kept) times Y, through tile.
+  void out_kept(const KeptWord* kept, Index rows, T* out, OutputTile<T>& tile) {
     if constexpr (Pairs)
-      out_pairs(pk_words_.data() + i0 * pairs_of(m_), rows, out, tile);
+      out_pairs(kept, rows, out, tile);
     else
-      this->out(pk_.data() + i0 * kernel.ld(), kernel.ld(), rows, out, tile);
+      this->out(kept, kernel.ld(), rows, out, tile);
   }
 
   Index m_, d_, ldo_;
   Weights kernel;
-  AlignedBuffer<Acc> q_values;
-  AlignedBuffer<PairWord> q_words;
-  AlignedBuffer<Acc> ql, kl, rv;
+  AlignedBuffer<Acc> rv;  // R V of the head being solved (a reduction's result, or the fused paths')
+  AlignedBuffer<KeptWord> kept;  // fused tied path: P of the head, N rows
   TileLoader<T> load, load_v;
   KeyLoader load_k;
 
  private:
   AlignedBuffer<Acc> a_, dq_;
   AlignedBuffer<double> rvd_, yd_;  // float: R V and Y in double
-  const Acc* y_ = nullptr;  // float products: Y (set_y)
-  AlignedBuffer<Acc> pk_;                                // kept P (float products)
-  AlignedBuffer<PairWord> ww_, vw_, yw_, pw_, pk_words_;  // Pairs: W, V, Y, P's tile, kept P
+  const Acc* vt_ = nullptr;          // float products: the values of add_rv (set_values)
+  const Acc* y_ = nullptr;           // float products: Y (set_y)
+  AlignedBuffer<PairWord> ww_, vw_, yw_, pw_;  // Pairs: W, V, Y, P's tile
   NewtonWorkspace<Acc> newton;
 
   /// out = P's rows as pair words (rows x pairs_of(m)) times Y.
@@ -256,113 +260,137 @@ class NystromHead {
   }
 };
 
-// The tied case, one item per (b, h): each tile of tokens gives rows of P (kept, N x m), R V
-// accumulates P^T V tile by tile, and after the pseudo-inverse O = P Y tile by tile: three
-// N x m x D products, against four untied. P is kept per thread (float: 1 MiB at N = 4096).
-template <class Head, class T>
-void nystrom_tied(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& v, const View4<T>& out,
-                  std::vector<NewtonStats>& stats) {
-  using Acc = accum_t<T>;
-  const Shape4 sq = shape_of(q);
-  const Index n = sq.N, d = sq.D, m = f.landmark_count(), tile = Head::kTile;
-  for_each_item(f.parallel, WorkGrid{sq.B, sq.H, n}, [&] {
-    return [&, ws = Head(m, d), y = AlignedBuffer<Acc>(static_cast<size_t>(m * Head::ld_out(d))),
-            o = OutputTile<T>()](const WorkGrid::Item& it) mutable {
-      ws.keep_p(n);
-      const T *qh = head(q, it.b, it.h).data(), *vh = head(v, it.b, it.h).data();
-      pool_landmarks(f.landmarks, qh, n, d, it.bh, /*for_q=*/true, ws.load, ws.ql.data());
-      ws.kernel.prepare(ws.ql.data(), ws.q_set());
-      std::fill(ws.rv.begin(), ws.rv.end(), Acc(0));
-      // Last tile first: the pooling pass just read Q front to back, so its end is still in cache.
-      for (Index j0 = (n - 1) / tile * tile; j0 >= 0; j0 -= tile) {
-        const Index nj = std::min(tile, n - j0);
-        ws.add_rv(ws.weigh_kept(ws.load_k(qh + j0 * d, nj, d).data(), j0, nj), nj, vh + j0 * d);
-      }
-      stats[static_cast<size_t>(it.bh)] = ws.solve(f, ws.q_set(), /*tied=*/true, y.data());
-      ws.set_y(y.data());
-      T* oh = head(out, it.b, it.h).data();
-      for (Index i0 = 0; i0 < n; i0 += tile) ws.out_kept(i0, std::min(tile, n - i0), oh + i0 * d, o);
-    };
-  });
-}
-
-// The untied case's buffers shared by its two passes: per kv head Kt's prepared set, per query
-// head Y.
+// What the phases of a call share, per query head: Qt (as prepared: for pairs rounded to bf16),
+// its prepared set and Y; per kv head (untied): Kt and its prepared set. Tied, Kt is Qt.
 template <class Head>
 struct NystromShared {
   using Acc = typename Head::Acc;
-  Index set_size, word_size, y_size;
-  AlignedBuffer<Acc> values, ys;
-  AlignedBuffer<PairWord> words;
-  NystromShared(Index kv_heads, Index heads, Index m, Index d)
-      : set_size(Head::Weights::set_size(m, d)), word_size(Head::Weights::word_size(m, d)),
-        y_size(m * Head::ld_out(d)), values(static_cast<size_t>(kv_heads * set_size)),
-        ys(static_cast<size_t>(heads * y_size)), words(static_cast<size_t>(kv_heads * word_size)) {}
-  /// Kt's set of kv head b * H_kv + h.
-  LandmarkSet<Acc> set(Index bkv) { return {values.data() + bkv * set_size, words.data() + bkv * word_size}; }
+  Index lm_size, set_size, word_size, y_size;
+  AlignedBuffer<Acc> q_landmarks, k_landmarks, q_values, k_values, ys;
+  AlignedBuffer<PairWord> q_words, k_words;
+  /// heads: B * H; kv_heads: B * H_kv, 0 when tied.
+  NystromShared(Index heads, Index kv_heads, Index m, Index d)
+      : lm_size(m * d), set_size(Head::Weights::set_size(m, d)), word_size(Head::Weights::word_size(m, d)),
+        y_size(Head::rv_size(m, d)), q_landmarks(static_cast<size_t>(heads * lm_size)),
+        k_landmarks(static_cast<size_t>(kv_heads * lm_size)), q_values(static_cast<size_t>(heads * set_size)),
+        k_values(static_cast<size_t>(kv_heads * set_size)), ys(static_cast<size_t>(heads * y_size)),
+        q_words(static_cast<size_t>(heads * word_size)), k_words(static_cast<size_t>(kv_heads * word_size)) {}
+  /// Qt of query head b * H + h, and its set.
+  Acc* ql(Index bh) { return q_landmarks.data() + bh * lm_size; }
+  LandmarkSet<Acc> q_set(Index bh) { return {q_values.data() + bh * set_size, q_words.data() + bh * word_size}; }
+  /// Kt of kv head b * H_kv + h, and its set.
+  Acc* kl(Index bkv) { return k_landmarks.data() + bkv * lm_size; }
+  LandmarkSet<Acc> k_set(Index bkv) { return {k_values.data() + bkv * set_size, k_words.data() + bkv * word_size}; }
   /// Y of query head b * H + h.
   Acc* y(Index bh) { return ys.data() + bh * y_size; }
 };
 
-// Untied pass 1, one item per (b, kv head) and its query heads: Kt once, then per query head its
-// landmarks, R V one key tile at a time (the weight tile, keys x landmarks, is R^T's rows),
-// A = k(Qt, Kt), its pseudo-inverse, Y; leaves Kt's prepared set and each Y for pass 2.
-template <class Head, class T>
-void nystrom_keys(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
-                  NystromShared<Head>& shared, std::vector<NewtonStats>& stats) {
-  using Acc = accum_t<T>;
-  const Shape4 sq = shape_of(q);
-  const Index nk = shape_of(k).N, d = sq.D, m = f.landmark_count(), tile = Head::kTile;
-  const Index per_kv = sq.H / shape_of(k).H;
-  // Segment landmarks of K are summed from the key tiles R V loads anyway: K is read once.
-  const bool k_segments = f.landmarks.kind == Landmarks::Kind::Segments;
-  for_each_item(f.parallel, WorkGrid{sq.B, shape_of(k).H, sq.N}, [&] {
-    return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
-      const T *kh = head(k, it.b, it.h).data(), *vh = head(v, it.b, it.h).data();
-      const LandmarkSet<Acc> k_set = shared.set(it.bh);
-      for (Index i = 0; i < per_kv; ++i) {
-        const Index h = it.h * per_kv + i, bh = it.b * sq.H + h;
-        const bool first = i == 0, sum_k = first && k_segments;  // Kt: from the first query head's pass
-        pool_landmarks(f.landmarks, head(q, it.b, h).data(), sq.N, d, bh, /*for_q=*/true, ws.load, ws.ql.data());
-        if (sum_k)
-          std::fill(ws.kl.begin(), ws.kl.end(), Acc(0));
-        else if (first)
-          pool_landmarks(f.landmarks, kh, nk, d, it.bh, /*for_q=*/false, ws.load, ws.kl.data());
-        ws.kernel.prepare(ws.ql.data(), ws.q_set());
-        std::fill(ws.rv.begin(), ws.rv.end(), Acc(0));
-        Index seg = 0;  // first segment not yet complete
-        for (Index j0 = 0; j0 < nk; j0 += tile) {
-          const Index nj = std::min(tile, nk - j0);
-          const Acc* kt = ws.load_k(kh + j0 * d, nj, d).data();
-          for (Index s = seg; sum_k && s < m && s * nk / m < j0 + nj; ++s) {
-            const Index lo = std::max(s * nk / m, j0), hi = std::min(((s + 1) * nk + m - 1) / m, j0 + nj);
-            add_row_sums(kt + (lo - j0) * d, hi - lo, d, ws.kl.data() + s * d);
-            if (hi < j0 + nj) seg = s + 1;
-          }
-          ws.add_rv(ws.kernel.weigh(ws.q_set(), kt, nj), nj, vh + j0 * d);
-        }
-        for (Index s = 0; sum_k && s < m; ++s) {
-          const Acc count = static_cast<Acc>(((s + 1) * nk + m - 1) / m - s * nk / m);
-          for (Index c = 0; c < d; ++c) ws.kl[static_cast<size_t>(s * d + c)] /= count;
-        }
-        if (first) ws.kernel.prepare(ws.kl.data(), k_set);
-        stats[static_cast<size_t>(bh)] = ws.solve(f, k_set, /*tied=*/false, shared.y(bh));
-      }
-    };
-  });
+// How a call runs. R V sums over the keys; the rest of a head's work before the output is small
+// (landmarks O(N D), the pseudo-inverse O(m^3)), and its output rows are independent. The sums
+// always run per chunk of kTokenChunk keys (core/schedule.hpp), each chunk's into its own partial,
+// then added in chunk order: the chunks are fixed by the shape, so every schedule below computes
+// the same values, and the result is bitwise the same for any thread count.
+// - Fused: one item per head (untied: per kv head, for its query heads) runs everything but the
+//   untied output rows: no phase to wait for, P kept per thread. Chosen when the heads alone keep
+//   every thread busy (nystrom_fused), and always with one chunk.
+// - Split, the phases: landmarks per head; R V per chunk of keys, into partials; per head their
+//   sum, A, its pseudo-inverse and Y; the output per block of rows. Tied, P is then kept per head,
+//   written by the chunks, read by the output blocks (recomputing it there instead costs a fourth
+//   product with its exponentials, 3x the output from the kept P, measured at N = 16384).
+
+/// Whether a call takes the fused schedule: one chunk of keys, or whole-head items (`items` of
+/// them) that fill at least 7/8 of the rounds of `threads` threads (so no more than 8 threads'
+/// heads are ever kept P for at once, split). Decides the schedule only, never a value.
+inline bool nystrom_fused(Index items, Index chunks, int threads) {
+  const Index t = std::max(1, threads), rounds = (items + t - 1) / t;
+  return chunks <= 1 || 8 * items >= 7 * rounds * t;
 }
 
-// Untied pass 2, one item per kRowsPerItem query rows of one (b, h): per tile of query rows the
-// weight tile is P's rows (tile x m) and O = P Y is one product with packets along D.
+/// Chunks of n keys.
+inline Index token_chunks(Index n) { return (n + kTokenChunk - 1) / kTokenChunk; }
+
+/// Pools and prepares Qt of query head (b, h) and, with with_k (the untied case, the first query
+/// head of its group), Kt of kv head (b, kvh).
+template <class Head, class T>
+void nystrom_landmarks(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, bool with_k,
+                       NystromShared<Head>& sh, Head& ws, Index b, Index h, Index kvh) {
+  const Shape4 sq = shape_of(q), sk = shape_of(k);
+  const Index bh = b * sq.H + h, bkv = b * sk.H + kvh;
+  pool_landmarks(f.landmarks, head(q, b, h).data(), sq.N, sq.D, bh, /*for_q=*/true, ws.load, sh.ql(bh));
+  ws.kernel.prepare(sh.ql(bh), sh.q_set(bh));
+  if (with_k) {
+    pool_landmarks(f.landmarks, head(k, b, kvh).data(), sk.N, sk.D, bkv, /*for_q=*/false, ws.load, sh.kl(bkv));
+    ws.kernel.prepare(sh.kl(bkv), sh.k_set(bkv));
+  }
+}
+
+/// Untied, chunk c of kv head (b, kvh): R V over its keys for the group's query heads (the first
+/// bh0), query head i's into rv + i * rv_size (zeros before). Each key tile is loaded once for all.
+template <class Head, class T>
+void nystrom_rv_keys(NystromShared<Head>& sh, Head& ws, const T* kh, const T* vh, Index nk, Index d, Index c,
+                     Index bh0, Index heads, typename Head::Acc* rv) {
+  const Index tile = Head::kTile, size = sh.y_size, j1 = std::min(nk, (c + 1) * kTokenChunk);
+  for (Index t0 = c * kTokenChunk; t0 < j1; t0 += tile) {
+    const Index nj = std::min(tile, j1 - t0);
+    const auto* kt = ws.load_k(kh + t0 * d, nj, d).data();
+    ws.set_values(vh + t0 * d, nj);
+    for (Index i = 0; i < heads; ++i) ws.add_rv(ws.kernel.weigh(sh.q_set(bh0 + i), kt, nj), nj, rv + i * size);
+  }
+}
+
+/// Tied, chunk c of head bh: R V over its tokens into rv (zeros before), P's rows of them kept at
+/// kept (P's row 0: its chunk's rows at kept + c kTokenChunk kept_stride). Last tile first: fused,
+/// the pooling just read the head front to back, so its end is still in cache.
+template <class Head, class T>
+void nystrom_rv_tied(NystromShared<Head>& sh, Head& ws, const T* qh, const T* vh, Index n, Index d, Index c, Index bh,
+                     typename Head::KeptWord* kept, typename Head::Acc* rv) {
+  const Index tile = Head::kTile, stride = Head::kept_stride(ws.m_), j0 = c * kTokenChunk;
+  const Index j1 = std::min(n, j0 + kTokenChunk);
+  for (Index t = j0 + (j1 - j0 - 1) / tile * tile; t >= j0; t -= tile) {
+    const Index nj = std::min(tile, j1 - t);
+    const auto* w = ws.weigh_kept(sh.q_set(bh), ws.load_k(qh + t * d, nj, d).data(), nj, kept + t * stride);
+    ws.set_values(vh + t * d, nj);
+    ws.add_rv(w, nj, rv);
+  }
+}
+
+/// dst = the sum, in chunk order, of `chunks` partials of size values, the first at p, the next
+/// `step` values on: one head's R V from its chunks.
+template <class Acc>
+void reduce_chunks(const Acc* p, Index step, Index chunks, Index size, Acc* dst) {
+  std::copy(p, p + size, dst);
+  for (Index c = 1; c < chunks; ++c)
+    for (Index i = 0; i < size; ++i) dst[i] += p[c * step + i];
+}
+
+/// An aligned array left uninitialised (a std::vector would zero it on the calling thread, one
+/// serial pass over B H N m words): the split tied path's kept P, every row written by its chunk
+/// before the output phase reads it.
+template <class W>
+class UninitArray {
+ public:
+  explicit UninitArray(Index n)
+      : p_(static_cast<W*>(::operator new(static_cast<size_t>(n) * sizeof(W), std::align_val_t{kAlignBytes}))) {}
+  ~UninitArray() { ::operator delete(p_, std::align_val_t{kAlignBytes}); }
+  UninitArray(const UninitArray&) = delete;
+  UninitArray& operator=(const UninitArray&) = delete;
+  W* data() const { return p_; }
+
+ private:
+  W* p_;
+};
+
+// Untied pass 2, one item per 2 kTile query rows of one (b, h): per tile of query rows the weight
+// tile is P's rows (tile x m) and O = P Y is one product with packets along D.
 template <class Head, class T>
 void nystrom_queries(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
-                     NystromShared<Head>& shared, const View4<T>& out) {
+                     NystromShared<Head>& sh, const View4<T>& out) {
   const Shape4 sq = shape_of(q);
   const Index d = sq.D, m = f.landmark_count(), tile = Head::kTile, kv_heads = shape_of(k).H;
   for_each_item(f.parallel, WorkGrid{sq.B, sq.H, sq.N, 2 * tile}, [&] {
     return [&, ws = Head(m, d), o = OutputTile<T>(), bound = Index(-1)](const WorkGrid::Item& it) mutable {
-      if (it.bh != bound) ws.set_y(shared.y(it.bh)), bound = it.bh;
-      const LandmarkSet<accum_t<T>> k_set = shared.set(it.b * kv_heads + kv_head_of(it.h, sq.H, kv_heads));
+      if (it.bh != bound) ws.set_y(sh.y(it.bh)), bound = it.bh;
+      const LandmarkSet<accum_t<T>> k_set = sh.k_set(it.b * kv_heads + kv_head_of(it.h, sq.H, kv_heads));
       const T* qh = head(q, it.b, it.h).data();
       T* oh = head(out, it.b, it.h).data();
       for (Index i0 = it.r0; i0 < it.r0 + it.rows; i0 += tile) {
@@ -372,6 +400,151 @@ void nystrom_queries(const SoftNystrom<T>& f, const ConstView4<T>& q, const Cons
       }
     };
   });
+}
+
+// The tied case fused: one item per head, P kept per thread (N rows).
+template <class Head, class T>
+void nystrom_tied_fused(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& v, const View4<T>& out,
+                        NystromShared<Head>& sh, std::vector<NewtonStats>& stats) {
+  using Acc = accum_t<T>;
+  using KeptWord = typename Head::KeptWord;
+  const Shape4 sq = shape_of(q);
+  const Index n = sq.N, d = sq.D, m = f.landmark_count(), tile = Head::kTile, stride = Head::kept_stride(m);
+  const Index chunks = token_chunks(n), size = Head::rv_size(m, d);
+  for_each_item(f.parallel, WorkGrid{sq.B, sq.H, 1}, [&] {
+    return [&, ws = Head(m, d), o = OutputTile<T>(), parts = AlignedBuffer<Acc>()](const WorkGrid::Item& it) mutable {
+      const T *qh = head(q, it.b, it.h).data(), *vh = head(v, it.b, it.h).data();
+      nystrom_landmarks<Head>(f, q, q, false, sh, ws, it.b, it.h, 0);
+      KeptWord* kept = reserve(ws.kept, n * stride);
+      Acc* p = reserve(parts, chunks * size);
+      std::fill(p, p + chunks * size, Acc(0));
+      for (Index c = chunks - 1; c >= 0; --c) nystrom_rv_tied(sh, ws, qh, vh, n, d, c, it.bh, kept, p + c * size);
+      reduce_chunks(p, size, chunks, size, ws.rv.data());
+      stats[static_cast<size_t>(it.bh)] = ws.solve(f, sh.ql(it.bh), ws.rv.data(), sh.q_set(it.bh), true, sh.y(it.bh));
+      ws.set_y(sh.y(it.bh));
+      T* oh = head(out, it.b, it.h).data();
+      for (Index i0 = 0; i0 < n; i0 += tile) ws.out_kept(kept + i0 * stride, std::min(tile, n - i0), oh + i0 * d, o);
+    };
+  });
+}
+
+// The tied case (k is q, so R = P^T): three N x m x D products, P weighed once and kept for the
+// output (fused: per thread, N rows; split: per head, B H N rows).
+template <class Head, class T>
+void nystrom_tied(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& v, const View4<T>& out,
+                  std::vector<NewtonStats>& stats) {
+  using Acc = accum_t<T>;
+  using KeptWord = typename Head::KeptWord;
+  const Shape4 sq = shape_of(q);
+  const Index n = sq.N, d = sq.D, m = f.landmark_count(), tile = Head::kTile, stride = Head::kept_stride(m);
+  const Index chunks = token_chunks(n), size = Head::rv_size(m, d);
+  NystromShared<Head> sh(sq.B * sq.H, 0, m, d);
+  const WorkGrid heads{sq.B, sq.H, 1};
+  if (nystrom_fused(heads.size(), chunks, f.parallel.workers())) return nystrom_tied_fused<Head>(f, q, v, out, sh, stats);
+  for_each_item(f.parallel, heads, [&] {
+    return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
+      nystrom_landmarks<Head>(f, q, q, false, sh, ws, it.b, it.h, 0);
+    };
+  });
+  const WorkGrid grid{sq.B, sq.H, n, kTokenChunk};
+  Partials<Acc> parts(grid.size(), size);
+  UninitArray<KeptWord> kept(sq.B * sq.H * n * stride);
+  for_each_item(f.parallel, grid, [&] {
+    return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
+      nystrom_rv_tied(sh, ws, head(q, it.b, it.h).data(), head(v, it.b, it.h).data(), n, d, it.r0 / kTokenChunk,
+                      it.bh, kept.data() + it.bh * n * stride, parts[grid.index(it)]);
+    };
+  });
+  for_each_item(f.parallel, heads, [&] {
+    return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
+      reduce_chunks(parts[grid.index({it.b, it.h, 1, 0, 0, 0})], size, chunks, size, ws.rv.data());
+      stats[static_cast<size_t>(it.bh)] = ws.solve(f, sh.ql(it.bh), ws.rv.data(), sh.q_set(it.bh), true, sh.y(it.bh));
+    };
+  });
+  for_each_item(f.parallel, WorkGrid{sq.B, sq.H, n, 2 * tile}, [&] {
+    return [&, ws = Head(m, d), o = OutputTile<T>(), bound = Index(-1)](const WorkGrid::Item& it) mutable {
+      if (it.bh != bound) ws.set_y(sh.y(it.bh)), bound = it.bh;
+      const KeptWord* kh = kept.data() + it.bh * n * stride;
+      T* oh = head(out, it.b, it.h).data();
+      for (Index i0 = it.r0; i0 < it.r0 + it.rows; i0 += tile)
+        ws.out_kept(kh + i0 * stride, std::min(tile, it.r0 + it.rows - i0), oh + i0 * d, o);
+    };
+  });
+}
+
+// Untied pass 1 fused: one item per kv head (Kt, then its query heads' landmarks, R V per chunk
+// of its keys for all of them, and their solves).
+template <class Head, class T>
+void nystrom_untied_fused(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
+                          const ConstView4<T>& v, NystromShared<Head>& sh, std::vector<NewtonStats>& stats) {
+  using Acc = accum_t<T>;
+  const Shape4 sq = shape_of(q), sk = shape_of(k);
+  const Index d = sq.D, m = f.landmark_count(), per_kv = sq.H / sk.H, size = Head::rv_size(m, d);
+  const Index chunks = token_chunks(sk.N), group = per_kv * size;  // a chunk's partials: its kv group's
+  for_each_item(f.parallel, WorkGrid{sq.B, sk.H, 1}, [&] {
+    return [&, ws = Head(m, d), parts = AlignedBuffer<Acc>()](const WorkGrid::Item& it) mutable {
+      const Index bh0 = it.b * sq.H + it.h * per_kv;
+      for (Index i = 0; i < per_kv; ++i) nystrom_landmarks<Head>(f, q, k, i == 0, sh, ws, it.b, it.h * per_kv + i, it.h);
+      Acc* p = reserve(parts, chunks * group);
+      std::fill(p, p + chunks * group, Acc(0));
+      for (Index c = 0; c < chunks; ++c)
+        nystrom_rv_keys(sh, ws, head(k, it.b, it.h).data(), head(v, it.b, it.h).data(), sk.N, d, c, bh0, per_kv,
+                        p + c * group);
+      for (Index i = 0; i < per_kv; ++i) {
+        reduce_chunks(p + i * size, group, chunks, size, ws.rv.data());
+        stats[static_cast<size_t>(bh0 + i)] =
+            ws.solve(f, sh.ql(bh0 + i), ws.rv.data(), sh.k_set(it.bh), false, sh.y(bh0 + i));
+      }
+    };
+  });
+}
+
+// Untied pass 1 split: landmarks per query head (the first of a kv group also pooling Kt); R V per
+// chunk of a kv head's keys for its query heads, into partials; the solves per query head.
+template <class Head, class T>
+void nystrom_untied_split(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k,
+                          const ConstView4<T>& v, NystromShared<Head>& sh, std::vector<NewtonStats>& stats) {
+  using Acc = accum_t<T>;
+  const Shape4 sq = shape_of(q), sk = shape_of(k);
+  const Index d = sq.D, m = f.landmark_count(), per_kv = sq.H / sk.H, size = Head::rv_size(m, d);
+  const Index chunks = token_chunks(sk.N), group = per_kv * size;
+  const WorkGrid heads{sq.B, sq.H, 1}, grid{sq.B, sk.H, sk.N, kTokenChunk};
+  for_each_item(f.parallel, heads, [&] {
+    return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
+      nystrom_landmarks<Head>(f, q, k, it.h % per_kv == 0, sh, ws, it.b, it.h, it.h / per_kv);
+    };
+  });
+  Partials<Acc> parts(grid.size(), group);
+  for_each_item(f.parallel, grid, [&] {
+    return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
+      nystrom_rv_keys(sh, ws, head(k, it.b, it.h).data(), head(v, it.b, it.h).data(), sk.N, d, it.r0 / kTokenChunk,
+                      it.b * sq.H + it.h * per_kv, per_kv, parts[grid.index(it)]);
+    };
+  });
+  for_each_item(f.parallel, heads, [&] {
+    return [&, ws = Head(m, d)](const WorkGrid::Item& it) mutable {
+      const Index kvh = it.h / per_kv;
+      reduce_chunks(parts[grid.index({it.b, kvh, 1, 0, 0, 0})] + (it.h % per_kv) * size, group, chunks, size,
+                    ws.rv.data());
+      stats[static_cast<size_t>(it.bh)] =
+          ws.solve(f, sh.ql(it.bh), ws.rv.data(), sh.k_set(it.b * sk.H + kvh), false, sh.y(it.bh));
+    };
+  });
+}
+
+// The untied case: four N x m x D products (R = k(Qt, K) has its own weights). Pass 1 up to the
+// Y of every query head, fused or split; pass 2 splits the query rows: per tile of them, the
+// weight tile is P's rows and O = P Y.
+template <class Head, class T>
+void nystrom_untied(const SoftNystrom<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
+                    const View4<T>& out, std::vector<NewtonStats>& stats) {
+  const Shape4 sq = shape_of(q), sk = shape_of(k);
+  NystromShared<Head> sh(sq.B * sq.H, sq.B * sk.H, f.landmark_count(), sq.D);
+  if (nystrom_fused(sq.B * sk.H, token_chunks(sk.N), f.parallel.workers()))
+    nystrom_untied_fused<Head>(f, q, k, v, sh, stats);
+  else
+    nystrom_untied_split<Head>(f, q, k, v, sh, stats);
+  nystrom_queries<Head>(f, q, k, sh, out);
 }
 
 template <class T>
@@ -394,13 +567,10 @@ struct Kernel<SoftNystrom<T>> {
                       (l.kind != Landmarks::Kind::Given || l.q_given == l.k_given);
     with_products<T>(products_for(f).kind, [&](auto pairs) {
       using Head = NystromHead<T, decltype(pairs)::value>;
-      if (tied) {
+      if (tied)
         nystrom_tied<Head>(f, q, v, out, stats);
-      } else {
-        NystromShared<Head> shared(sq.B * shape_of(k).H, sq.B * sq.H, f.landmark_count(), sq.D);
-        nystrom_keys<Head>(f, q, k, v, shared, stats);
-        nystrom_queries<Head>(f, q, k, shared, out);
-      }
+      else
+        nystrom_untied<Head>(f, q, k, v, out, stats);
     });
     return diagnostics(f, stats);
   }
