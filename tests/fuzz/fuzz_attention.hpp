@@ -25,10 +25,14 @@
 //                     result is representable gives it)
 //       soft-gaussian m_q, m_k <= 1e4 (squared distances stay in float) and N_k m_v <= max_T / 4
 //                     (every kernel weight is <= 1)
-//       soft-nystrom  float or double storage, every input (landmarks too) <= 8: the Newton
-//                     pseudo-inverse may grow large for ill-conditioned landmarks, so half and
-//                     bfloat16 outputs may overflow honestly (README: a finite input never
-//                     gives a non-finite pseudo-inverse)
+//       soft-nystrom  float or double storage, every input (landmarks too) <= 8, and the
+//                     intermediates computed in double (the pseudo-inverse by newton_pinv<double>
+//                     with the call's options, after SOFT-Norm's scaling, Y = pinv (R V) and O)
+//                     <= max_A / 1e4: far-apart landmarks make A's entries tiny (e^-64 at |x| = 8,
+//                     D = 4), and its pseudo-inverse, the scaling and Y large past float even where
+//                     O is not (fuzz_methods.hpp, nystrom_intermediates); half and bfloat16 outputs
+//                     may overflow honestly (README: a finite input never gives a non-finite
+//                     pseudo-inverse)
 //       aft-*         m_q, m_v <= 1e38, m_k + m_w <= 1e7 (should be 1e30: see the known bug in
 //                     fuzz_methods.hpp, aft_finite_rule) and
 //                     N_k m_v <= max_A / 4: the output is sigma(q) times a convex combination of

@@ -1,6 +1,7 @@
 #pragma once
 // Each method's options decoded from the option bytes (fuzz_input.hpp: kOptions), the oracle's
 // finite-output rule per method (fuzz_attention.hpp states it), and fuzz_one<T>.
+#include "../reference/soft_ref.hpp"
 #include "fuzz_attention.hpp"
 
 namespace softfree_fuzz {
@@ -60,6 +61,89 @@ void fuzz_gaussian(Case<T>& c, softfree::SoftGaussian<T>&) {
                     static_cast<double>(c.Nk()) * c.sv.max_abs <= max_storage<T>() / 4;
 }
 
+/// A case's tensor in double, for the reference helpers.
+template <class T>
+softfree_ref::Tensor ref_of(const Tensor4<T>& t) {
+  softfree_ref::Tensor r(t.dimension(0), t.dimension(1), t.dimension(2), t.dimension(3));
+  for (Index i = 0; i < t.size(); ++i) r.data[static_cast<size_t>(i)] = as_double(t.data()[i]);
+  return r;
+}
+
+/// SoftNystrom's documented intermediates in double (README: O = P pinv(A) (R V), evaluated right
+/// to left; SOFT-Norm scales pinv(A)'s rows and columns by D^-1/2, D = diag(A 1)): the largest |x|
+/// over the scaled pseudo-inverse (softfree::newton_pinv<double> with the call's options), Y =
+/// pinv (R V) and O, over every head; +inf where the landmarks are not valid (the call is rejected).
+/// Landmarks far from each other give A entries far below 1 (e^-64 at |x| = 8, D = 4), so the
+/// pseudo-inverse, its SOFT-Norm scaling and Y can pass float's range while O does not: the
+/// fuzzer's find, float storage with Y ~ 2e45 (kept in float, the accumulate type) and O ~ 1e20.
+template <class T>
+double nystrom_intermediates(const Case<T>& c, const softfree::SoftNystrom<T>& f) {
+  using softfree::Landmarks;
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  const Index nq = c.Nq(), nk = c.Nk();
+  const softfree_ref::Tensor q = ref_of(c.q), k = ref_of(c.key()), v = ref_of(c.v);
+  const Landmarks& l = f.landmarks;
+  std::vector<softfree_ref::Tensor> marks;  // Qt, Kt
+  switch (l.kind) {
+    case Landmarks::Kind::Segments: {
+      const Index m = l.up_to ? std::min(l.m, std::min(nq, nk)) : l.m;
+      if (m < 1 || m > nq || m > nk) return inf;
+      marks = {softfree_ref::landmarks_segments(q, m), softfree_ref::landmarks_segments(k, m)};
+      break;
+    }
+    case Landmarks::Kind::Grid:
+      if (l.rows < 1 || l.cols < 1 || l.rows > nq || l.cols > nq || l.rows * l.cols != nq || nq != nk || l.r < 1 ||
+          l.r > std::min(l.rows, l.cols))
+        return inf;
+      marks = {softfree_ref::landmarks_grid(q, l.rows, l.cols, l.r), softfree_ref::landmarks_grid(k, l.rows, l.cols, l.r)};
+      break;
+    case Landmarks::Kind::Given:
+      for (const auto* g : {l.q_given.get(), l.k_given.get()}) {
+        const Shape4& s = g->shape;
+        if (s[0] != c.B() || s[1] != c.H() || s[2] < 1 || s[2] != l.q_given->shape[2] || s[3] != c.D()) return inf;
+        softfree_ref::Tensor t(s[0], s[1], s[2], s[3]);
+        t.data = g->data;
+        marks.push_back(std::move(t));
+      }
+      break;
+  }
+  double worst = 0;
+  const auto track = [&](const softfree_ref::Matrix& x) {
+    for (const double e : x.data) worst = std::max(worst, std::isfinite(e) ? std::abs(e) : inf);
+  };
+  for (Index b = 0; b < c.B(); ++b)
+    for (Index h = 0; h < c.H(); ++h) {
+      const softfree_ref::Matrix p = softfree_ref::gaussian_kernel_matrix(q, marks[1], b, h),
+                                 a = softfree_ref::gaussian_kernel_matrix(marks[0], marks[1], b, h),
+                                 r = softfree_ref::gaussian_kernel_matrix(marks[0], k, b, h);
+      const Index m = a.rows;
+      softfree::RowMatrix<double> am(m, m);
+      std::copy(a.data.begin(), a.data.end(), am.data());
+      softfree_ref::Matrix pinv(m, m);
+      try {
+        const auto res = softfree::newton_pinv(am, f.newton);
+        std::copy(res.inverse.data(), res.inverse.data() + m * m, pinv.data.begin());
+      } catch (const softfree::invalid_argument&) {
+        return inf;
+      }
+      if (f.soft_norm) pinv = softfree_ref::soft_norm_apply(pinv, a);
+      const softfree_ref::Matrix y = softfree_ref::matmul(pinv, softfree_ref::matmul(r, softfree_ref::slice(v, b, h)));
+      track(pinv), track(y), track(softfree_ref::matmul(p, y));
+    }
+  return worst;
+}
+
+/// SoftNystrom's finite rule: float or double storage, every input (landmarks too) <= 8, and the
+/// intermediates in double (nystrom_intermediates) within max_A / 1e4 (room for the accumulate
+/// type's rounding of the same steps). Half and bfloat16 outputs may overflow honestly.
+template <class T>
+bool nystrom_finite_rule(const Case<T>& c, const softfree::SoftNystrom<T>& f) {
+  if (!(std::is_same<T, float>::value || std::is_same<T, double>::value) || c.must_reject || !c.inputs_finite() ||
+      c.sq.max_abs > 8 || c.sk.max_abs > 8 || c.sv.max_abs > 8 || c.aux.max_abs > 8)
+    return false;
+  return nystrom_intermediates(c, f) <= max_accum<T>() / 1e4;
+}
+
 template <class T>
 void fuzz_nystrom(Case<T>& c, softfree::SoftNystrom<T>& f) {
   const Index n = std::min(c.Nq(), c.Nk());
@@ -104,8 +188,7 @@ void fuzz_nystrom(Case<T>& c, softfree::SoftNystrom<T>& f) {
   const softfree::NewtonOptions& o = f.newton;
   if (o.steps < 0 || !(std::isfinite(o.lambda) && o.lambda >= 0) || !(std::isfinite(o.tolerance) && o.tolerance >= 0))
     c.must_reject = true;
-  c.expect_finite = (std::is_same<T, float>::value || std::is_same<T, double>::value) && c.sq.max_abs <= 8 &&
-                    c.sk.max_abs <= 8 && c.sv.max_abs <= 8 && c.aux.max_abs <= 8;
+  c.expect_finite = nystrom_finite_rule(c, f);
 }
 
 /// AftWeights [slots, rows, cols] from the aux values.

@@ -88,8 +88,11 @@ void fuzz_by_name(Case<T>& c, const std::string& name) {
   else if (name == "soft-gaussian")
     c.expect_finite = mq <= 1e4 && mk <= 1e4 && nk * mv <= max_storage<T>() / 4;
   else if (name == "soft-nystrom") {
-    // By name it takes Landmarks::segments_up_to(49) (README): min(49, N) segments, any N >= 1.
-    c.expect_finite = (std::is_same<T, float>::value || std::is_same<T, double>::value) && mq <= 8 && mk <= 8 && mv <= 8;
+    // By name it takes Landmarks::segments_up_to(49) (README): min(49, N) segments, any N >= 1;
+    // the rest of its options are the defaults.
+    softfree::SoftNystrom<T> f;
+    f.landmarks = softfree::Landmarks::segments_up_to(49);
+    c.expect_finite = nystrom_finite_rule(c, f);
   } else {
     c.expect_finite = aft_finite_rule(c);  // aft-conv without a kernel is AftSimple: any N
   }

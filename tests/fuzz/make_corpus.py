@@ -5,7 +5,9 @@ Each file is one case in the byte layout of tests/fuzz/fuzz_input.hpp: a 32-byte
 method, call form, shapes, threads, math, causal, 16 option bytes, 4 value modes) then element
 bytes. The seeds cover every method in every storage type with valid options, plus the edge
 cases the mutator should start from (specials, bad shapes, newton_pinv, AftSimple::State,
-make_attention names). Deterministic: running it again rewrites the same files.
+make_attention names). Deterministic: running it again rewrites the same files. Files named
+find-* are the fuzzer's finds, kept as libFuzzer saved (or minimised) them; this script leaves
+them alone.
 
     python3 tests/fuzz/make_corpus.py
 """
