@@ -467,6 +467,43 @@ TYPED_TEST(Aft, SimpleAcrossTokenChunksForAnyThreadCount) {
   }
 }
 
+// AftLocal, non-causal, longer than a chunk: split in token chunks where its heads leave threads
+// idle (1 head on 2 threads and more, 4 on 3, 7 and 16), whole heads otherwise (Kernel::split): the
+// same bits either way, and the reference's values. Windows of 1 and 32 and one wider than a
+// chunk (1500); with a bias and without; grouped-query heads.
+TYPED_TEST(Aft, LocalAcrossTokenChunksForAnyThreadCount) {
+  using T = TypeParam;
+  const Index N = 2 * softfree::detail::kTokenChunk + 52;
+  struct Case {
+    Index B, H, H_kv, D, s;
+    bool bias;
+  };
+  const AftWeights<T> w = random_weights<T>(1, N, N, 194, -2, 2), zero = random_weights<T>(1, N, N, 195, 0, 0);
+  for (const Case c : {Case{1, 1, 1, 6, 32, true}, Case{1, 1, 1, 8, 1500, false}, Case{2, 2, 2, 6, 1, true},
+                       Case{1, 4, 1, 16, 32, false}}) {
+    SCOPED_TRACE(::testing::Message() << "B " << c.B << " H " << c.H << " H_kv " << c.H_kv << " D " << c.D << " s "
+                                      << c.s << (c.bias ? " bias" : " no bias"));
+    const Tensor4<T> q = random_tensor<T>(c.B, c.H, N, c.D, 196, -4, 4),
+                     k = random_tensor<T>(c.B, c.H_kv, N, c.D, 197, -3, 3), v = random_tensor<T>(c.B, c.H_kv, N, c.D, 198);
+    AftLocal<T> f(c.s);
+    if (c.bias) f.set_bias(w);
+    const Tensor4<T> one = f(q, k, v);
+    // Against the reference (O(N^2 D) in double) for one head: the other heads run the same code.
+    // Rows whose values cancel keep the running sums' rounding (~u sqrt(N) of their terms' size,
+    // as in one chunk): 1.2e-5 of the row max in float here: twice the bound.
+    if (c.B * c.H == 1) {
+      EXPECT_TRUE(close_to_ref(one,
+                               softfree_ref::aft_local(to_ref(q), to_ref(k), to_ref(v),
+                                                       ref_weights<T>(c.bias ? w : zero), c.s, false),
+                               2 * tolerance<T>()));
+    }
+    for (const int threads : {2, 3, 7, 16}) {
+      f.parallel = softfree::Parallel::with_threads(threads);
+      EXPECT_TRUE(bitwise_equal(f(q, k, v), one)) << threads << " threads";
+    }
+  }
+}
+
 // Split causal heads: rows before a token are bitwise independent of it and of everything after
 // it, across chunks too (a chunk starts from the sums of the chunks before it only).
 TYPED_TEST(Aft, SimpleCausalChunksIgnoreFutureTokens) {

@@ -81,22 +81,33 @@ TEST(Scaling, ItemCountsAreThoseOfDocsScalingMd) {
   }
 }
 
-// SoftNystrom's schedule depends on the thread count (never its values): on 16 threads its heads
-// fill the rounds only at H = 16, and below that it runs split into four phases at N = 16384.
-TEST(Scaling, SoftNystromPhasesOnSixteenThreads) {
+// SoftNystrom's and AftLocal's schedules depend on the thread count (never their values): on 16
+// threads their heads fill the rounds only at H = 16, and below that they run split into phases
+// at N = 16384.
+TEST(Scaling, PhasesOnSixteenThreads) {
   struct Row {
+    const char* method;
     Index H, N;
     std::vector<Index> phases;
   };
-  for (const Row& r : {Row{1, 1024, {1, 8}}, Row{1, 16384, {1, 16, 1, 128}}, Row{6, 1024, {6, 48}},
-                       Row{6, 16384, {6, 96, 6, 768}}, Row{16, 1024, {16, 128}}, Row{16, 16384, {16, 2048}}}) {
+  for (const Row& r : {Row{"soft-nystrom", 1, 1024, {1, 8}}, Row{"soft-nystrom", 1, 16384, {1, 16, 1, 128}},
+                       Row{"soft-nystrom", 6, 1024, {6, 48}}, Row{"soft-nystrom", 6, 16384, {6, 96, 6, 768}},
+                       Row{"soft-nystrom", 16, 1024, {16, 128}}, Row{"soft-nystrom", 16, 16384, {16, 2048}},
+                       Row{"aft-local", 1, 1024, {1}}, Row{"aft-local", 1, 16384, {16, 16, 1, 16}},
+                       Row{"aft-local", 6, 16384, {96, 96, 6, 96}}, Row{"aft-local", 16, 16384, {16}}}) {
     constexpr Index D = 4;
     const auto q = random_tensor<float>(1, r.H, r.N, D, 1), k = random_tensor<float>(1, r.H, r.N, D, 2),
                v = random_tensor<float>(1, r.H, r.N, D, 3);
-    softfree::SoftNystrom<float> f;
-    f.parallel = softfree::Parallel::with_threads(16);
     softfree::detail::ScheduleTrace trace;
-    (void)f(q, k, v);
-    EXPECT_EQ(trace.phases(), r.phases) << "H = " << r.H << " N = " << r.N;
+    if (std::string(r.method) == "aft-local") {
+      softfree::AftLocal<float> g;
+      g.parallel = softfree::Parallel::with_threads(16);
+      (void)g(q, k, v);
+    } else {
+      softfree::SoftNystrom<float> g;
+      g.parallel = softfree::Parallel::with_threads(16);
+      (void)g(q, k, v);
+    }
+    EXPECT_EQ(trace.phases(), r.phases) << r.method << " H = " << r.H << " N = " << r.N;
   }
 }

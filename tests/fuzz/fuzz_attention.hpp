@@ -28,7 +28,8 @@
 //       soft-nystrom  float or double storage, every input (landmarks too) <= 8, and the
 //                     intermediates computed in double (the pseudo-inverse by newton_pinv<double>
 //                     with the call's options, after SOFT-Norm's scaling, Y = pinv (R V) and O)
-//                     <= max_A / 1e4: far-apart landmarks make A's entries tiny (e^-64 at |x| = 8,
+//                     <= max_A / 1e4, and with SOFT-Norm A's row sums >= 1e4 min_A (the smallest
+//                     normal): far-apart landmarks make A's entries tiny (e^-64 at |x| = 8,
 //                     D = 4), and its pseudo-inverse, the scaling and Y large past float even where
 //                     O is not (fuzz_methods.hpp, nystrom_intermediates); half and bfloat16 outputs
 //                     may overflow honestly (README: a finite input never gives a non-finite
@@ -81,6 +82,11 @@ double max_storage() {
 template <class T>
 double max_accum() {
   return static_cast<double>(std::numeric_limits<softfree::accum_t<T>>::max());
+}
+
+template <class T>
+double min_accum() {  // the smallest normal value
+  return static_cast<double>(std::numeric_limits<softfree::accum_t<T>>::min());
 }
 
 /// Largest |x| of a tensor and whether every entry is finite.

@@ -100,8 +100,8 @@ double nystrom_intermediates(const Case<T>& c, const softfree::SoftNystrom<T>& f
     case Landmarks::Kind::Given:
       for (const auto* g : {l.q_given.get(), l.k_given.get()}) {
         const Shape4& s = g->shape;
-        if (s[0] != c.B() || s[1] != c.H() || s[2] < 1 || s[2] != l.q_given->shape[2] || s[3] != c.D()) return inf;
-        softfree_ref::Tensor t(s[0], s[1], s[2], s[3]);
+        if (s.B != c.B() || s.H != c.H() || s.N < 1 || s.N != l.q_given->shape.N || s.D != c.D()) return inf;
+        softfree_ref::Tensor t(s.B, s.H, s.N, s.D);
         t.data = g->data;
         marks.push_back(std::move(t));
       }
@@ -125,6 +125,14 @@ double nystrom_intermediates(const Case<T>& c, const softfree::SoftNystrom<T>& f
         std::copy(res.inverse.data(), res.inverse.data() + m * m, pinv.data.begin());
       } catch (const softfree::invalid_argument&) {
         return inf;
+      }
+      // SOFT-Norm divides by sqrt of A's row sums: one below the accumulate type's range (far-apart
+      // landmarks, e^-64 and less) is 0 there, and its 1 / sqrt is inf (the fuzzer's find
+      // crash-73c190ff: float, row sums ~1e-40). Such inputs are outside the type's range.
+      for (Index i = 0; f.soft_norm && i < m; ++i) {
+        double sum = 0;
+        for (Index j = 0; j < m; ++j) sum += a(i, j);
+        if (sum < min_accum<T>() * 1e4) return inf;
       }
       if (f.soft_norm) pinv = softfree_ref::soft_norm_apply(pinv, a);
       const softfree_ref::Matrix y = softfree_ref::matmul(pinv, softfree_ref::matmul(r, softfree_ref::slice(v, b, h)));

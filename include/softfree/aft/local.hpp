@@ -166,54 +166,152 @@ class AftLocalHead {
 
  public:
   AftLocalHead(Index n, Index d, Index s)
-      : n_(n), d_(d), s_(s), ldx_(aft_ld<Acc>(d)), x_(static_cast<size_t>(n * ldx_)), outside_(x_.size()),
-        run_(static_cast<size_t>(ldx_)), acc_(static_cast<size_t>(kRows * ldx_)),
+      : n_(n), d_(d), s_(s), ldx_(aft_ld<Acc>(d)), run_(static_cast<size_t>(ldx_)), rest_(run_.size()),
+        after_(run_.size()), acc_(static_cast<size_t>(kRows * ldx_)),
         m_(static_cast<size_t>(pad_to_packets<Acc>(d))), m_new_(m_.size()),
         a_(static_cast<size_t>(kRows * (kRows + 2 * s))) {}
 
-  /// Kv head h's group: the windowed sums once, finished for each of its query heads.
+  /// Kv head h's group, whole: the windowed sums once, finished for each of its query heads.
   void run(bool causal, const AftLocalBand<Acc>* band, Index h, const GroupSlices<T>& x) {
-    const Index n = n_, d = d_;
-    kk_ = load_k_(x.k, n, d).data();
-    vv_ = load_v_(x.v, n, d).data();
-    io_.bind(x.q, x.out, x.heads, x.stride, d);
-    band_ = band;
-    causal_ = causal;
-    if (band_) {
-      slot_ = band_->table().slot_for(h);
-      band_->weights(causal_, &ew_, &eo_);
-    }
+    bind(causal, band, h, x);
+    load_head();
+    xs_ = reserve(x_, n_ * ldx_);  // whole heads only: a split head's rows live in the call's buffers
+    reserve(outside_, n_ * ldx_);
     if (causal_)
       causal_rows();
     else
       all_rows();
   }
 
- private:
-  using Row = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
-  Row row(AlignedBuffer<Acc>& b, Index t) { return Row(b.data() + t * ldx_, ldx_); }
+  // A non-causal head split in chunks of kTokenChunk rows, [c0, c1) (Kernel::split's phases), over
+  // buffers of the call: the head's rows of X (xs), of F (each chunk's running sums from its
+  // start) and of S (from its end), each chunk's max of K (mxs, ld_mx apart), and per chunk the
+  // sums of the chunks before and after it (sums, 2 rows of X each). The same sums, added in the
+  // same order, as all_rows: the same bits.
 
-  // outside[t] = sum_{t' >= t + s} X[t'] (a backward pass), then forward: run = sum_{t' <= t - s}
-  // X[t'], and row t starts from both.
-  void all_rows() {
-    const Index n = n_, s = s_;
-    aft_col_max(kk_, n, d_, m_.data());
-    aft_exp_rows(kk_, vv_, d_, m_.data(), 0, n, ldx_, x_.data());
+  /// Phase 1: mx = the chunk's max of K.
+  void chunk_max(const GroupSlices<T>& x, Index c0, Index c1, Acc* mx) {
+    aft_col_max(load_k_(x.k + c0 * d_, c1 - c0, d_).data(), c1 - c0, d_, mx);
+  }
+  /// Phase 2: the chunk's rows of X, under the head's max (folded from every chunk's), F and S.
+  void chunk_runs(const GroupSlices<T>& x, const Acc* mxs, Index ld_mx, Index c0, Index c1, Acc* xs, Acc* f, Acc* s) {
+    std::copy(mxs, mxs + d_, m_.data());
+    for (Index c = 1; c < token_chunks(n_); ++c) fold_max(mxs + c * ld_mx);
+    aft_exp_rows(load_k_(x.k + c0 * d_, c1 - c0, d_).data(), load_v_(x.v + c0 * d_, c1 - c0, d_).data(), d_,
+                 m_.data(), 0, c1 - c0, ldx_, xs + c0 * ldx_);
     Row run(run_.data(), ldx_);
     run.setZero();
-    for (Index t = n - 1; t >= 0; --t) {
-      if (t + s < n) run += row(x_, t + s);
-      row(outside_, t) = run;
-    }
+    for (Index t = c0; t < c1; ++t) row(f, t) = run += row(xs, t);
     run.setZero();
-    for (Index t0 = 0; t0 < n; t0 += kRows) {
-      const Index t1 = std::min(n, t0 + kRows);
+    for (Index t = c1 - 1; t >= c0; --t) row(s, t) = run += row(xs, t);
+  }
+  /// Phase 3, per head: sums[c] = [the chunks before c | the chunks after c], added from the
+  /// nearest chunk outwards as all_rows' passes add them (chunk 0's before, the last's after: unused).
+  static void chunk_sums(Index n, Index ldx, const Acc* f, const Acc* s, Acc* sums) {
+    const Index chunks = token_chunks(n), C = kTokenChunk;
+    const auto at = [&](const Acc* b, Index i) { return ConstRow(b + i * ldx, ldx); };
+    for (Index c = 1; c < chunks; ++c) {
+      Row before(sums + 2 * c * ldx, ldx);
+      if (c == 1) before = at(f, C - 1); else before = at(sums, 2 * (c - 1)) + at(f, c * C - 1);
+    }
+    for (Index c = chunks - 2; c >= 0; --c) {
+      Row after(sums + (2 * c + 1) * ldx, ldx);
+      if (c == chunks - 2) after = at(s, (c + 1) * C); else after = at(sums, 2 * (c + 1) + 1) + at(s, (c + 1) * C);
+    }
+  }
+  /// Phase 4: the chunk's rows, each from its keys outside the window (the sums) and its window.
+  void chunk_rows(const AftLocalBand<Acc>* band, Index h, const GroupSlices<T>& x, Index c0, Index c1,
+                  const Acc* xs, const Acc* f, const Acc* s, const Acc* sums) {
+    bind(false, band, h, x);
+    xs_ = xs;
+    const Index n = n_, sw = s_, last = token_chunks(n) - 1;
+    Row before(run_.data(), ldx_), after(after_.data(), ldx_);
+    const auto sum = [&](Index which, Index i) { return ConstRow(sums + (2 * (i / kTokenChunk) + which) * ldx_, ldx_); };
+    for (Index t0 = c0; t0 < c1; t0 += kRows) {
+      const Index t1 = std::min(c1, t0 + kRows);
       for (Index t = t0; t < t1; ++t) {
-        if (t - s >= 0) run += row(x_, t - s);
-        start_row(t - t0, t, run + row(outside_, t));
+        const Index j = t - sw, k = t + sw;
+        if (j < 0) before.setZero(); else if (j < kTokenChunk) before = row(f, j); else before = sum(0, j) + row(f, j);
+        if (k >= n) after.setZero(); else if (k / kTokenChunk == last) after = row(s, k); else after = sum(1, k) + row(s, k);
+        start_row(t - t0, t, before + after);
       }
       band_rows(t0, t1);
     }
+  }
+
+ private:
+  using Row = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
+  using ConstRow = Eigen::Map<const Eigen::Array<Acc, 1, Eigen::Dynamic>>;
+  Row row(AlignedBuffer<Acc>& b, Index t) { return Row(b.data() + t * ldx_, ldx_); }
+  Row row(Acc* b, Index t) const { return Row(b + t * ldx_, ldx_); }
+  ConstRow row(const Acc* b, Index t) const { return ConstRow(b + t * ldx_, ldx_); }
+
+  void bind(bool causal, const AftLocalBand<Acc>* band, Index h, const GroupSlices<T>& x) {
+    io_.bind(x.q, x.out, x.heads, x.stride, d_);
+    src_k_ = x.k;
+    src_v_ = x.v;
+    kk_ = vv_ = nullptr;
+    band_ = band;
+    causal_ = causal;
+    if (band_) {
+      slot_ = band_->table().slot_for(h);
+      band_->weights(causal_, &ew_, &eo_);
+    }
+  }
+  // The head's K and V in the accumulate type: up front for a whole head, on demand (the exact
+  // path's) for a chunk.
+  void load_head() {
+    if (kk_) return;
+    kk_ = load_k_(src_k_, n_, d_).data();
+    vv_ = load_v_(src_v_, n_, d_).data();
+  }
+  // m_ = max(m_, mx) lane-wise: chunk maxes folded in chunk order.
+  void fold_max(const Acc* mx) {
+    for_each_packet<Acc>(d_, [&](auto p, Index c) {
+      using P = decltype(p);
+      ei::pstoreu(m_.data() + c, vmax(ei::ploadu<P>(m_.data() + c), ei::ploadu<P>(mx + c)));
+    });
+  }
+
+  // Row t's keys outside its window: outside[t], those at or after t + s (a backward pass), and
+  // those at or before t - s (a forward pass). Each pass sums per chunk of kTokenChunk keys from
+  // its nearer end, and adds the chunks passed before (beyond: `rest`), as the split's phases do.
+  void all_rows() {
+    const Index n = n_, s = s_, C = kTokenChunk;
+    aft_col_max(kk_, std::min(n, C), d_, m_.data());  // the max per chunk, folded in order
+    for (Index c0 = C; c0 < n; c0 += C) {
+      aft_col_max(kk_ + c0 * d_, std::min(C, n - c0), d_, m_new_.data());
+      fold_max(m_new_.data());
+    }
+    aft_exp_rows(kk_, vv_, d_, m_.data(), 0, n, ldx_, x_.data());
+    Row run(run_.data(), ldx_), rest(rest_.data(), ldx_);
+    run.setZero();
+    bool has_rest = false;
+    for (Index t = n - 1; t >= 0; --t) {
+      const Index k = t + s;
+      if (k < n && k % C == C - 1 && k + 1 < n) next_chunk(run, rest, has_rest);  // k ends its chunk
+      if (k < n) run += row(x_, k);
+      if (has_rest) row(outside_, t) = rest + run; else row(outside_, t) = run;
+    }
+    run.setZero();
+    has_rest = false;
+    for (Index c0 = 0; c0 < n; c0 += C)
+      for (Index t0 = c0; t0 < std::min(n, c0 + C); t0 += kRows) {
+        const Index t1 = std::min({n, c0 + C, t0 + kRows});
+        for (Index t = t0; t < t1; ++t) {
+          const Index j = t - s;
+          if (j > 0 && j % C == 0) next_chunk(run, rest, has_rest);  // j starts its chunk
+          if (j >= 0) run += row(x_, j);
+          if (has_rest) start_row(t - t0, t, (rest + run) + row(outside_, t)); else start_row(t - t0, t, run + row(outside_, t));
+        }
+        band_rows(t0, t1);
+      }
+  }
+  // A chunk's running sum is done: rest += it (rest = it for the first), run restarts at 0.
+  static void next_chunk(Row& run, Row& rest, bool& has_rest) {
+    if (has_rest) rest += run; else rest = run;
+    has_rest = true;
+    run.setZero();
   }
 
   // run = sum_{t' <= t - s} X[t'] under the current block's shift m, rescaled when m grows.
@@ -273,12 +371,13 @@ class AftLocalHead {
         std::fill(ar + wlo, ar + whi + 1, Acc(1));
       }
     }
-    gemm<GeneralTiling>(rows, ldx_, depth, StridedA<Acc>{a_.data(), depth, 1}, RowsB<Acc>{x_.data() + lo * ldx_, ldx_},
+    gemm<GeneralTiling>(rows, ldx_, depth, StridedA<Acc>{a_.data(), depth, 1}, RowsB<Acc>{xs_ + lo * ldx_, ldx_},
                         AddC<Acc>{acc_.data(), ldx_});
     io_.rows(t0, rows);
     for (Index i = 0; i < io_.heads(); ++i)
       aft_finish(io_.q(i), d, acc_.data(), ldx_, rows, io_.y(i), [&](Index r, Index c) {
         const Index t = t0 + r;
+        load_head();
         return aft_exact_ratio(kk_, vv_, d, c, causal_ ? t : n - 1, [&](Index tp) {
           const Index dist = tp > t ? tp - t : t - tp;
           return band_ && dist < s ? band_->w(slot_, t, tp) : Acc(0);
@@ -288,11 +387,12 @@ class AftLocalHead {
   }
 
   Index n_, d_, s_, ldx_;
-  AlignedBuffer<Acc> x_, outside_, run_, acc_, m_, m_new_, a_;
+  AlignedBuffer<Acc> x_, outside_, run_, rest_, after_, acc_, m_, m_new_, a_;
   TileLoader<T> load_k_, load_v_;
   GroupIO<T> io_;
-  // The head in progress.
-  const Acc *kk_ = nullptr, *vv_ = nullptr, *ew_ = nullptr, *eo_ = nullptr;
+  // The head in progress: its k and v, K and V in the accumulate type (load_head), its rows of X.
+  const T *src_k_ = nullptr, *src_v_ = nullptr;
+  const Acc *kk_ = nullptr, *vv_ = nullptr, *xs_ = nullptr, *ew_ = nullptr, *eo_ = nullptr;
   const AftLocalBand<Acc>* band_ = nullptr;
   Index slot_ = 0;
   bool causal_ = false;
@@ -300,17 +400,62 @@ class AftLocalHead {
 
 template <class T>
 struct Kernel<AftLocal<T>> {
+  using Acc = accum_t<T>;
+
   static NoReport forward(const AftLocal<T>& f, const ConstView4<T>& q, const ConstView4<T>& k, const ConstView4<T>& v,
                           const View4<T>& out) {
     const Shape4 s = shape_of(q);
-    const AftLocalBand<accum_t<T>>* band = f.bias_.get();
+    const AftLocalBand<Acc>* band = f.bias_.get();
     // The band's own s (a bias clamps it to N), else min(window, N): the same result for any s >= N.
     const Index window = band ? band->window() : std::min(f.window, s.N);
-    // One item = one (b, kv head) with its query heads (one (b, h) without grouped-query heads).
-    for_each_item(f.parallel, WorkGrid{s.B, shape_of(k).H, s.N}, [&] {
+    // One item = one (b, kv head) with its query heads (one (b, h) without grouped-query heads),
+    // or, non-causal, where those leave threads idle, one token chunk of it (the same bits).
+    const WorkGrid heads{s.B, shape_of(k).H, s.N};
+    if (!f.causal && s.N > kTokenChunk && !fills_rounds(heads.size(), f.parallel.workers()))
+      return split(f, band, window, q, k, v, out);
+    for_each_item(f.parallel, heads, [&] {
       return [&, ws = AftLocalHead<T>(s.N, s.D, window)](const WorkGrid::Item& it) mutable {
         ws.run(f.causal, band, it.h, group_slices(q, k, v, out, it.b, it.h));
       };
+    });
+    return {};
+  }
+
+  /// Non-causal heads in token chunks: 1, each chunk's max of K; 2, its rows of X and running
+  /// sums; 3, per head, the sums before and after each chunk (a few rows); 4, its output rows.
+  /// X and the running sums are buffers of the call (3 B H_kv N rows of X).
+  static NoReport split(const AftLocal<T>& f, const AftLocalBand<Acc>* band, Index window, const ConstView4<T>& q,
+                        const ConstView4<T>& k, const ConstView4<T>& v, const View4<T>& out) {
+    const Shape4 s = shape_of(q);
+    const WorkGrid grid{s.B, shape_of(k).H, s.N, kTokenChunk};
+    const Index chunks = grid.blocks(), ld_mx = pad_to_packets<Acc>(s.D), ldx = aft_ld<Acc>(s.D), size = s.N * ldx;
+    Partials<Acc> mx(grid.size(), ld_mx), sums(grid.size(), 2 * ldx);
+    UninitArray<Acc> xs(grid.size() / chunks * size), fs(grid.size() / chunks * size), ss(grid.size() / chunks * size);
+    // Item it's head (its slots: chunks of them from head(it) * chunks) and its slices.
+    const auto head = [&](const WorkGrid::Item& it) { return grid.index(it) / chunks; };
+    const auto slices = [&](const WorkGrid::Item& it) { return group_slices(q, k, v, out, it.b, it.h); };
+    const auto phase = [&](auto&& step) {
+      for_each_item(f.parallel, grid, [&] {
+        return [&, ws = AftLocalHead<T>(s.N, s.D, window)](const WorkGrid::Item& it) mutable { step(ws, it); };
+      });
+    };
+    phase([&](AftLocalHead<T>& ws, const WorkGrid::Item& it) {
+      ws.chunk_max(slices(it), it.r0, it.r0 + it.rows, mx[grid.index(it)]);
+    });
+    phase([&](AftLocalHead<T>& ws, const WorkGrid::Item& it) {
+      const Index at = head(it) * size;
+      ws.chunk_runs(slices(it), mx[head(it) * chunks], ld_mx, it.r0, it.r0 + it.rows, xs.data() + at, fs.data() + at,
+                    ss.data() + at);
+    });
+    for_each_index(f.parallel, grid.size() / chunks, [&] {
+      return [&](Index h) {
+        AftLocalHead<T>::chunk_sums(s.N, ldx, fs.data() + h * size, ss.data() + h * size, sums[h * chunks]);
+      };
+    });
+    phase([&](AftLocalHead<T>& ws, const WorkGrid::Item& it) {
+      const Index at = head(it) * size;
+      ws.chunk_rows(band, it.h, slices(it), it.r0, it.r0 + it.rows, xs.data() + at, fs.data() + at, ss.data() + at,
+                    sums[head(it) * chunks]);
     });
     return {};
   }

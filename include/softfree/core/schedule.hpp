@@ -3,6 +3,8 @@
 // count), each computed by one thread start to finish, so results are bitwise identical for any
 // number of threads. An item is a block of rows of one (b, h) head, or of a group of heads that
 // share something worth reading once (AftFull's bias).
+#include <algorithm>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -45,6 +47,34 @@ struct WorkGrid {
 /// number of threads. 1024 rows: a few hundred microseconds of O(N D^2) work at D = 64, enough to
 /// pay for a phase's start, and 16 items per head at N = 16384.
 constexpr Index kTokenChunk = 1024;
+
+/// Chunks of kTokenChunk in n tokens.
+inline Index token_chunks(Index n) { return (n + kTokenChunk - 1) / kTokenChunk; }
+
+/// Whether `items` whole-head items fill at least 7/8 of the rounds of `threads` threads: where
+/// they do, a method that can also split its heads in token chunks runs them whole (no phases to
+/// wait for, no shared buffers). A schedule's choice only: both give the same bits.
+inline bool fills_rounds(Index items, int threads) {
+  const Index t = std::max(1, threads), rounds = (items + t - 1) / t;
+  return 8 * items >= 7 * rounds * t;
+}
+
+/// An aligned array left uninitialised (a std::vector would zero it on the calling thread, one
+/// serial pass over all of it): shared buffers of token-split phases,
+/// every value written by one phase before a later one reads it.
+template <class W>
+class UninitArray {
+ public:
+  explicit UninitArray(Index n)
+      : p_(static_cast<W*>(::operator new(static_cast<size_t>(n) * sizeof(W), std::align_val_t{kAlignBytes}))) {}
+  ~UninitArray() { ::operator delete(p_, std::align_val_t{kAlignBytes}); }
+  UninitArray(const UninitArray&) = delete;
+  UninitArray& operator=(const UninitArray&) = delete;
+  W* data() const { return p_; }
+
+ private:
+  W* p_;
+};
 
 /// Partial results of a phase, one slot of `size` values per item of its grid (slot
 /// grid.index(item)), read back in slot order.

@@ -8,7 +8,6 @@
 // newton_pinv exploits; three N x m x D products instead of four.
 #include <algorithm>
 #include <cmath>
-#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -299,15 +298,10 @@ struct NystromShared {
 //   product with its exponentials, 3x the output from the kept P, measured at N = 16384).
 
 /// Whether a call takes the fused schedule: one chunk of keys, or whole-head items (`items` of
-/// them) that fill at least 7/8 of the rounds of `threads` threads (so no more than 8 threads'
-/// heads are ever kept P for at once, split). Decides the schedule only, never a value.
+/// them) that keep the threads busy (fill_rounds). Decides the schedule only, never a value.
 inline bool nystrom_fused(Index items, Index chunks, int threads) {
-  const Index t = std::max(1, threads), rounds = (items + t - 1) / t;
-  return chunks <= 1 || 8 * items >= 7 * rounds * t;
+  return chunks <= 1 || fills_rounds(items, threads);
 }
-
-/// Chunks of n keys.
-inline Index token_chunks(Index n) { return (n + kTokenChunk - 1) / kTokenChunk; }
 
 /// Pools and prepares Qt of query head (b, h) and, with with_k (the untied case, the first query
 /// head of its group), Kt of kv head (b, kvh).
@@ -362,23 +356,6 @@ void reduce_chunks(const Acc* p, Index step, Index chunks, Index size, Acc* dst)
   for (Index c = 1; c < chunks; ++c)
     for (Index i = 0; i < size; ++i) dst[i] += p[c * step + i];
 }
-
-/// An aligned array left uninitialised (a std::vector would zero it on the calling thread, one
-/// serial pass over B H N m words): the split tied path's kept P, every row written by its chunk
-/// before the output phase reads it.
-template <class W>
-class UninitArray {
- public:
-  explicit UninitArray(Index n)
-      : p_(static_cast<W*>(::operator new(static_cast<size_t>(n) * sizeof(W), std::align_val_t{kAlignBytes}))) {}
-  ~UninitArray() { ::operator delete(p_, std::align_val_t{kAlignBytes}); }
-  UninitArray(const UninitArray&) = delete;
-  UninitArray& operator=(const UninitArray&) = delete;
-  W* data() const { return p_; }
-
- private:
-  W* p_;
-};
 
 // Untied pass 2, one item per 2 kTile query rows of one (b, h): per tile of query rows the weight
 // tile is P's rows (tile x m) and O = P Y is one product with packets along D.
