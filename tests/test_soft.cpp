@@ -439,17 +439,24 @@ TYPED_TEST(SoftTyped, NystromWithEveryTokenALandmarkEqualsGaussian) {
   EXPECT_EQ(diag.heads, 2);
 }
 
+// The worst residual of the reference's Newton pseudo-inverse (the current start, lambda 0.01)
+// over the 2 x 2 heads of landmarks ql and kl.
+double worst_residual(const softfree_ref::Tensor& ql, const softfree_ref::Tensor& kl, int steps) {
+  double worst = 0;
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < 2; ++h) {
+      const auto a = softfree_ref::gaussian_kernel_matrix(ql, kl, b, h);
+      worst = std::max(worst, softfree_ref::newton_pinv(a, steps, 0.01, softfree_ref::PinvInit::Current).residual);
+    }
+  return worst;
+}
+
 TEST(SoftNystrom, DiagnosticsReportTheWorstHead) {
   const auto q = random_tensor<double>(2, 2, 40, 16, 70), k = keys_near(q, 71);
   const auto v = random_tensor<double>(2, 2, 40, 16, 72);
   const auto ql = softfree_ref::landmarks_segments(to_ref(q), 8), kl = softfree_ref::landmarks_segments(to_ref(k), 8);
   for (int steps : {6, 20}) {
-    double worst = 0;
-    for (Index b = 0; b < 2; ++b)
-      for (Index h = 0; h < 2; ++h) {
-        const auto a = softfree_ref::gaussian_kernel_matrix(ql, kl, b, h);
-        worst = std::max(worst, softfree_ref::newton_pinv(a, steps, 0.01, softfree_ref::PinvInit::Current).residual);
-      }
+    const double worst = worst_residual(ql, kl, steps);
     SoftNystrom<double> f;
     f.landmarks = Landmarks::segments(8);
     f.newton.steps = steps;
@@ -606,12 +613,7 @@ TEST(SoftNystrom, SplitDiagnosticsReportTheWorstHead) {
     const auto& keys = tied ? q : k;
     const auto ql = softfree_ref::landmarks_segments(to_ref(q), m), kl = softfree_ref::landmarks_segments(to_ref(keys), m);
     for (int steps : {6, 20}) {
-      double worst = 0;
-      for (Index b = 0; b < 2; ++b)
-        for (Index h = 0; h < 2; ++h) {
-          const auto a = softfree_ref::gaussian_kernel_matrix(ql, kl, b, h);
-          worst = std::max(worst, softfree_ref::newton_pinv(a, steps, 0.01, softfree_ref::PinvInit::Current).residual);
-        }
+      const double worst = worst_residual(ql, kl, steps);
       for (int threads : {1, 3}) {  // 4 heads: fused, split
         SCOPED_TRACE(::testing::Message() << (tied ? "tied" : "untied") << ", " << steps << " steps, " << threads
                                           << " threads");
